@@ -1,0 +1,166 @@
+"""Checkpoints: atomic to write, verified before use, enough to resume exactly or to inpaint.
+
+Layout: <output_dir>/checkpoints/checkpoint-<step:08d>/
+  Accelerate's save_state files (models, optimizers, GradScaler, every rank's RNG state),
+  generators.safetensors (g1.*, g2.*: all inference needs), config.yaml (resolved config),
+  meta.json (step, stage, MLflow run, the size and sha256 of every file, complete=true).
+
+A checkpoint is written under a temporary name, fsynced and renamed, so a crash mid-write leaves
+nothing that `resume=latest` would pick; one whose files do not match meta.json is skipped with a
+message and the previous one is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.config import to_yaml
+
+log = logging.getLogger("dina.checkpoint")
+
+PATTERN = re.compile(r"^checkpoint-(\d{8})$")
+GENERATORS = "generators.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")) + [root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save(accelerator: Accelerator, output_dir: str, step: int, cfg: DictConfig,
+         generators: dict[str, nn.Module], meta: dict) -> Optional[Path]:
+    """Collective: every rank calls it. Returns the final path (on every rank)."""
+    root = checkpoint_root(output_dir)
+    final = root / f"checkpoint-{step:08d}"
+    tmp = root / f".tmp-checkpoint-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # each rank writes its own RNG state
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+                   for name, net in generators.items()
+                   for k, v in accelerator.unwrap_model(net).state_dict().items()}
+        save_file(tensors, str(tmp / GENERATORS))
+        (tmp / "config.yaml").write_text(to_yaml(cfg))
+        files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        record = {"step": step, "stage": cfg.train.stage, **meta, "files": files, "complete": True}
+        (tmp / "meta.json").write_text(json.dumps(record, indent=1))
+        _fsync_tree(tmp)
+        if final.exists():  # a re-run of the same step replaces the older copy
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_tree(root)
+        _prune(root, cfg.train.ckpt_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    for old in sorted(p for p in root.iterdir() if PATTERN.match(p.name))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def verify(path: Path) -> dict:
+    """meta.json of a complete checkpoint whose files match it; CheckpointError otherwise."""
+    meta_path = path / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: no readable meta.json ({err})") from None
+    if not meta.get("complete"):
+        raise CheckpointError(f"{path}: not marked complete")
+    for name, want in meta.get("files", {}).items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != want["size"]:
+            raise CheckpointError(f"{path}: {name} is missing or has the wrong size")
+        if _sha256(file) != want["sha256"]:
+            raise CheckpointError(f"{path}: {name} does not match its checksum")
+    return meta
+
+
+def find_latest(output_dir: str | Path) -> Optional[Path]:
+    """Newest checkpoint that verifies; broken ones are reported and skipped."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return None
+    for path in sorted((p for p in root.iterdir() if PATTERN.match(p.name)), reverse=True):
+        try:
+            verify(path)
+            return path
+        except CheckpointError as err:
+            log.warning("skipping checkpoint: %s", err)
+    return None
+
+
+def resolve(path_or_run: str | Path) -> Path:
+    """A checkpoint dir, or a run output dir (its newest good checkpoint)."""
+    path = Path(path_or_run)
+    if (path / "meta.json").is_file():
+        verify(path)
+        return path
+    latest = find_latest(path)
+    if latest is None:
+        raise CheckpointError(f"no complete checkpoint at {path} (expected a checkpoint-* "
+                              f"directory or a run directory holding checkpoints/)")
+    return latest
+
+
+def load_generator_weights(path: Path, name: str, net: nn.Module) -> None:
+    prefix = f"{name}."
+    tensors = {k[len(prefix):]: v for k, v in load_file(str(path / GENERATORS)).items()
+               if k.startswith(prefix)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no '{name}' generator")
+    net.load_state_dict(tensors)
+
+
+def load_generators(path: str | Path, device: str | torch.device = "cpu"):
+    """(cfg, g1 or None, g2 or None) in eval mode, for evaluation and inference."""
+    from pipeline.models.generators import EdgeGenerator, TextureGenerator
+
+    ckpt = resolve(path)
+    cfg = OmegaConf.load(ckpt / "config.yaml")
+    names = {k.split(".", 1)[0] for k in load_file(str(ckpt / GENERATORS))}
+    nets = {}
+    for name, cls in (("g1", EdgeGenerator), ("g2", TextureGenerator)):
+        if name in names:
+            net = cls(cfg.model)
+            load_generator_weights(ckpt, name, net)
+            nets[name] = net.to(device).eval()
+    return cfg, nets.get("g1"), nets.get("g2")

@@ -1,0 +1,62 @@
+"""GAN losses of the two stages (EdgeConnect's recipe, as the paper uses it).
+
+Discriminators end in logits, so the adversarial terms use BCE-with-logits (numerically safer under
+mixed precision than a sigmoid followed by BCE).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models.vgg import VGG19Features
+
+PERCEPTUAL_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+STYLE_LAYERS = ("relu2_2", "relu3_4", "relu4_4", "relu5_2")
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D learns real -> 1, fake -> 0; halved as in EdgeConnect so D and G terms share a scale."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return (real + fake) / 2
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def feature_matching_loss(real_features: list[torch.Tensor],
+                          fake_features: list[torch.Tensor]) -> torch.Tensor:
+    """L1 between D's intermediate activations on real and generated edges (G1)."""
+    return sum(F.l1_loss(fake, real.detach()) for real, fake in zip(real_features, fake_features))
+
+
+def hole_weighted_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L1 over the whole image divided by the hole fraction (EdgeConnect's G2 L1 term)."""
+    return F.l1_loss(output, target) / mask.mean().clamp_min(1e-3)
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = features.shape
+    f = features.float().reshape(b, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+class VGGLoss(nn.Module):
+    """Perceptual (relu1_1..relu5_1) and style (Gram matrices) losses over frozen VGG19 features.
+
+    EdgeConnect feeds raw [0, 1] images to VGG; so do we, for parity with its published weights.
+    """
+
+    def __init__(self, weights: str):
+        super().__init__()
+        self.vgg = VGG19Features(weights)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out_f = self.vgg(output)
+        with torch.no_grad():
+            tgt_f = self.vgg(target)
+        perceptual = sum(F.l1_loss(out_f[k], tgt_f[k]) for k in PERCEPTUAL_LAYERS)
+        style = sum(F.l1_loss(gram(out_f[k]), gram(tgt_f[k])) for k in STYLE_LAYERS)
+        return perceptual, style

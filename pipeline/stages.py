@@ -1,0 +1,202 @@
+"""What one training step of each stage does: D step, then G step.
+
+Stages (paper / EdgeConnect):
+- edge:         G1/D1 learn to complete Canny edge maps.
+- texture:      G2/D2 learn to fill holes from ground-truth edges.
+- edge-texture: G2/D2 learn from the edges a frozen, trained G1 predicts.
+- joint:        G1, D1, G2, D2 fine-tuned end to end (G2's losses reach G1 through its edges).
+
+Masks are 1 in the hole. Every tensor is NCHW float in [0, 1].
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig
+from torch import nn
+
+from pipeline.losses import (VGGLoss, discriminator_loss, feature_matching_loss,
+                             generator_adversarial_loss, hole_weighted_l1)
+
+# networks each stage optimises; G1 is also *used* (frozen) by edge-texture and carried by texture
+TRAINED = {
+    "edge": ("g1", "d1"),
+    "texture": ("g2", "d2"),
+    "edge-texture": ("g2", "d2"),
+    "joint": ("g1", "d1", "g2", "d2"),
+}
+
+
+# ---- inputs and outputs shared by training, evaluation and inference -------------------------
+
+def edge_inputs(batch: dict) -> torch.Tensor:
+    """G1 sees the masked grayscale image (holes white, as EdgeConnect), masked edges and the mask."""
+    mask = batch["mask"]
+    gray = batch["gray"] * (1 - mask) + mask
+    return torch.cat([gray, batch["edge"] * (1 - mask), mask], dim=1)
+
+
+def texture_inputs(image: torch.Tensor, edge: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G2 sees the masked image I*(1-M) and the completed edge map (paper eq. 3)."""
+    return torch.cat([image * (1 - mask), edge], dim=1)
+
+
+def composite(pred: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Prediction in the hole, known pixels kept bit-exact outside it."""
+    return torch.where(mask > 0.5, pred.to(known.dtype), known)
+
+
+def complete_edges(g1: nn.Module, batch: dict) -> torch.Tensor:
+    """C_comp = C_pred in the hole, ground-truth (known-region Canny) edges elsewhere."""
+    return composite(g1(edge_inputs(batch)), batch["edge"], batch["mask"])
+
+
+@torch.no_grad()
+def inpaint(g1: Optional[nn.Module], g2: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test-time path: G1 completes the edges, G2 fills the hole; returns (output, edges)."""
+    edges = complete_edges(g1, batch) if g1 is not None else batch["edge"]
+    output = g2(texture_inputs(batch["image"], edges, batch["mask"]))
+    return composite(output, batch["image"], batch["mask"]), edges
+
+
+# ---- the training step ------------------------------------------------------------------------
+
+@dataclass
+class StepContext:
+    """Everything a step needs; built once by train.py."""
+
+    accelerator: Accelerator
+    loss_cfg: DictConfig
+    stage: str
+    nets: dict[str, nn.Module]  # prepared (DDP-wrapped) networks by name: g1, d1, g2, d2
+    opts: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    vgg: Optional[VGGLoss] = None
+    grad_clip: float = 0.0
+    check_grads: bool = True  # off under fp16, where GradScaler owns overflow handling
+
+    def plain(self, name: str) -> nn.Module:
+        return self.accelerator.unwrap_model(self.nets[name])
+
+
+def finite_on_all_ranks(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """Ranks must agree on skipping, or DDP's all-reduce in backward would hang."""
+    ok = torch.isfinite(loss.detach()).all().float().reshape(1)
+    return bool(accelerator.reduce(ok, reduction="sum").item() == accelerator.num_processes)
+
+
+def optimise(ctx: StepContext, loss: torch.Tensor, names: tuple[str, ...]) -> bool:
+    """Backward, clip and step the named networks; False when the update was skipped as non-finite."""
+    opts = [ctx.opts[n] for n in names]
+    if not finite_on_all_ranks(ctx.accelerator, loss):
+        return False
+    ctx.accelerator.backward(loss)
+    ok = True
+    if ctx.accelerator.sync_gradients:
+        for name in names:
+            # gradients are already all-reduced here, so every rank reaches the same verdict
+            norm = ctx.accelerator.clip_grad_norm_(ctx.nets[name].parameters(),
+                                                   ctx.grad_clip or float("inf"))
+            ok = ok and (not ctx.check_grads or bool(torch.isfinite(norm)))
+    for opt in opts:
+        if ok:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    return ok
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """G steps read D without accumulating gradients into it."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _edge_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """D1 update, then G1's adversarial + feature-matching loss (not yet applied)."""
+    w = ctx.loss_cfg
+    real = torch.cat([batch["edge"], batch["gray"]], dim=1)
+    fake = torch.cat([pred, batch["gray"]], dim=1)
+    real_logits, real_features = ctx.nets["d1"](real)
+    fake_logits, _ = ctx.nets["d1"](fake.detach())
+    d_loss = discriminator_loss(real_logits, fake_logits)
+    logs = {"edge/d": d_loss, "ok": optimise(ctx, d_loss, ("d1",))}
+    if not logs["ok"]:  # a non-finite D loss means G's output or the batch is bad: skip G too
+        return logs, None
+    with frozen(ctx.plain("d1")) as d1:
+        fake_logits, fake_features = d1(fake)
+    adv = generator_adversarial_loss(fake_logits)
+    fm = feature_matching_loss(real_features, fake_features)
+    g_loss = w.adv_edge * adv + w.feature_matching * fm
+    logs.update({"edge/g_adv": adv, "edge/g_fm": fm, "edge/g": g_loss})
+    return logs, g_loss
+
+
+def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """D2 update, then G2's L1 + adversarial + perceptual + style loss (not yet applied)."""
+    w, image = ctx.loss_cfg, batch["image"]
+    d_loss = discriminator_loss(ctx.nets["d2"](image)[0], ctx.nets["d2"](pred.detach())[0])
+    logs = {"texture/d": d_loss, "ok": optimise(ctx, d_loss, ("d2",))}
+    if not logs["ok"]:
+        return logs, None
+    with frozen(ctx.plain("d2")) as d2:
+        adv = generator_adversarial_loss(d2(pred)[0])
+    l1 = hole_weighted_l1(pred, image, batch["mask"])
+    with ctx.accelerator.autocast():  # VGG is not a prepared model, so autocast it here
+        perceptual, style = ctx.vgg(pred, image)
+    g_loss = w.l1 * l1 + w.adv_texture * adv + w.perceptual * perceptual + w.style * style
+    logs.update({"texture/g_adv": adv, "texture/g_l1": l1, "texture/g_perceptual": perceptual,
+                 "texture/g_style": style, "texture/g": g_loss})
+    return logs, g_loss
+
+
+def edge_step(ctx: StepContext, batch: dict) -> dict:
+    pred = ctx.nets["g1"](edge_inputs(batch))
+    logs, g_loss = _edge_losses(ctx, batch, pred)
+    if g_loss is not None:
+        logs["ok"] = optimise(ctx, g_loss, ("g1",))
+    return logs
+
+
+def texture_step(ctx: StepContext, batch: dict) -> dict:
+    if ctx.stage == "edge-texture":
+        with torch.no_grad():
+            edges = complete_edges(ctx.nets["g1"], batch)
+    else:
+        edges = batch["edge"]
+    pred = ctx.nets["g2"](texture_inputs(batch["image"], edges, batch["mask"]))
+    logs, g_loss = _texture_losses(ctx, batch, pred)
+    if g_loss is not None:
+        logs["ok"] = optimise(ctx, g_loss, ("g2",))
+    return logs
+
+
+def joint_step(ctx: StepContext, batch: dict) -> dict:
+    edge_pred = ctx.nets["g1"](edge_inputs(batch))
+    edge_logs, edge_g = _edge_losses(ctx, batch, edge_pred)
+    if edge_g is None:
+        return edge_logs
+    edges = composite(edge_pred, batch["edge"], batch["mask"])  # G2's losses flow back into G1
+    pred = ctx.nets["g2"](texture_inputs(batch["image"], edges, batch["mask"]))
+    logs, texture_g = _texture_losses(ctx, batch, pred)
+    edge_logs.pop("ok")  # True here; the texture half decides
+    logs.update(edge_logs)
+    if texture_g is not None:
+        logs["ok"] = optimise(ctx, edge_g + texture_g, ("g1", "g2"))
+    return logs
+
+
+STEPS: dict[str, Callable[[StepContext, dict], dict]] = {
+    "edge": edge_step,
+    "texture": texture_step,
+    "edge-texture": texture_step,
+    "joint": joint_step,
+}

@@ -1,0 +1,335 @@
+"""Train one stage of the DiNA inpainting GAN.
+
+    accelerate launch pipeline/train.py CONFIG.yaml [MORE.yaml ...] [key=value ...]
+    python pipeline/train.py configs/experiment/demo.yaml train.stage=edge
+
+YAML files merge in order, then key=value overrides (see pipeline/config.py for every key).
+Exit status: 0 finished; 2 bad config or set-up; 3 stopped after too many non-finite steps;
+124 stopped by SIGTERM/SIGUSR1 after checkpointing (the SLURM scripts requeue on it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from pipeline import checkpoint
+from pipeline.config import ConfigError, load_config, split_args, to_yaml
+from pipeline.data import eval_loader, eval_pairs, train_loader
+from pipeline.losses import VGGLoss
+from pipeline.metrics import BucketMeter, score_batch
+from pipeline.models.dina import resolve_backend
+from pipeline.models.discriminators import PatchDiscriminator
+from pipeline.models.generators import EdgeGenerator, TextureGenerator
+from pipeline.models.vgg import VGGWeightsError
+from pipeline.optim import build_ranger
+from pipeline.stages import STEPS, TRAINED, StepContext, complete_edges, inpaint
+from pipeline.tracking import Tracker
+
+log = logging.getLogger("dina.train")
+
+REQUEUE_EXIT_CODE = 124
+NONFINITE_EXIT_CODE = 3
+SETUP_EXIT_CODE = 2
+
+
+class SetupError(RuntimeError):
+    """Something to fix before training can start; the message says what."""
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeue. A second signal: exit now."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            log.error("second signal %s: exiting at once", signal.Signals(signum).name)
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        log.warning("%s received: stopping after this step with a checkpoint",
+                    signal.Signals(signum).name)
+
+
+def check_output_dir(path: Path, needed_bytes: int) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise SetupError(f"output directory {path} is not writable: {err}") from None
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise SetupError(f"output directory {path} has {free / 2**20:.0f} MiB free; the kept "
+                         f"checkpoints need about {needed_bytes / 2**20:.0f} MiB: free space, "
+                         f"lower train.ckpt_limit or change train.output_dir")
+
+
+def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
+    """The stage's networks; pretrained generators loaded from earlier stages' checkpoints."""
+    stage, nets = cfg.train.stage, {}
+    if stage in ("edge", "joint") or cfg.train.edge_checkpoint:
+        nets["g1"] = EdgeGenerator(cfg.model)
+    if stage != "edge":
+        nets["g2"] = TextureGenerator(cfg.model)
+    if "d1" in TRAINED[stage]:
+        nets["d1"] = PatchDiscriminator(2, cfg.model.d_channels)  # [edge, gray]
+    if "d2" in TRAINED[stage]:
+        nets["d2"] = PatchDiscriminator(3, cfg.model.d_channels)  # RGB
+    for name, source in (("g1", cfg.train.edge_checkpoint), ("g2", cfg.train.texture_checkpoint)):
+        if source and name in nets:
+            try:
+                path = checkpoint.resolve(source)
+                checkpoint.load_generator_weights(path, name, nets[name])
+            except checkpoint.CheckpointError as err:
+                raise SetupError(f"cannot load {name} from {source}: {err}") from None
+            log.info("%s loaded from %s", name, path)
+    return nets
+
+
+def image_grid(batch: dict, edges: torch.Tensor, output: torch.Tensor, rows: int = 4) -> np.ndarray:
+    """Rows of [masked input | edges | output | ground truth], uint8 HWC."""
+    image, mask = batch["image"][:rows], batch["mask"][:rows]
+    masked = image * (1 - mask) + mask
+    tiles = [masked, edges[:rows].expand(-1, 3, -1, -1), output[:rows], image]
+    grid = torch.cat([torch.cat(list(t.float().cpu()), dim=1) for t in tiles], dim=2)
+    return (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        t = cfg.train
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision,
+                                       gradient_accumulation_steps=t.grad_accum)
+        acc = self.accelerator
+        set_seed(t.seed)  # identical initial weights on every rank
+        self.output_dir = Path(t.output_dir)
+        nets = build_networks(cfg)
+        n_params = sum(p.numel() for n in nets.values() for p in n.parameters())
+        # weights + Ranger21's moments/lookahead (~4 copies), per kept checkpoint, plus one in flight
+        check_output_dir(self.output_dir, n_params * 4 * 5 * (t.ckpt_limit + 1))
+        self.vgg = None
+        if "g2" in TRAINED[t.stage]:
+            try:
+                self.vgg = VGGLoss(cfg.loss.vgg_weights).to(acc.device)
+            except VGGWeightsError as err:
+                raise SetupError(str(err)) from None
+        trained = TRAINED[t.stage]
+        if t.compile:
+            nets = {n: (torch.compile(m) if n in trained else m) for n, m in nets.items()}
+        lrs = {"g1": cfg.optim.g_lr, "g2": cfg.optim.g_lr, "d1": cfg.optim.d_lr, "d2": cfg.optim.d_lr}
+        opts = {n: build_ranger(nets[n], lrs[n], t.steps, cfg.optim) for n in trained}
+        prepared = acc.prepare(*[nets[n] for n in trained], *[opts[n] for n in trained])
+        for i, name in enumerate(trained):
+            nets[name], opts[name] = prepared[i], prepared[len(trained) + i]
+        for name in set(nets) - set(trained):  # carried G1: frozen, used or only saved
+            nets[name] = nets[name].to(acc.device).eval().requires_grad_(False)
+        self.trained = trained
+        self.ctx = StepContext(accelerator=acc, loss_cfg=cfg.loss, stage=t.stage, nets=nets,
+                               opts=opts, vgg=self.vgg, grad_clip=t.grad_clip,
+                               check_grads=acc.mixed_precision != "fp16")
+        self.step = 0
+        run_id = self._resume()
+        self.tracker = Tracker(cfg, acc.is_main_process, resume_run_id=run_id)
+        backend = resolve_backend(cfg.model.attention.backend, cfg.model.attention.bias, acc.device)
+        if acc.is_main_process:
+            log.info("stage %s | %d processes | mixed precision %s | DiNA backend %s | %.2fM params",
+                     t.stage, acc.num_processes, acc.mixed_precision,
+                     backend if cfg.model.attention.enabled else "off", n_params / 1e6)
+        self.tracker.set_tags({"attention_backend_resolved": backend,
+                               "num_processes": acc.num_processes})
+        skip = self.step * t.grad_accum if cfg.data.resume == "skip" else 0
+        seed = t.seed if cfg.data.resume == "skip" else t.seed + self.step
+        self.loader = train_loader(cfg.data, seed, acc.process_index, acc.num_processes,
+                                   skip_batches=skip)
+        self.val_batch = self._validation_batch() if acc.is_main_process else None
+
+    def _resume(self) -> Optional[str]:
+        """Restore state from train.resume; returns the MLflow run to continue, if any."""
+        spec = self.cfg.train.resume
+        if not spec:
+            return None
+        path = (checkpoint.find_latest(self.output_dir) if spec == "latest"
+                else checkpoint.resolve(spec))
+        if path is None:
+            log.info("resume=latest: no checkpoint in %s yet, starting fresh", self.output_dir)
+            return None
+        meta = checkpoint.verify(path)
+        if meta.get("stage") != self.cfg.train.stage:
+            raise SetupError(f"checkpoint {path} is of stage '{meta.get('stage')}', this run is "
+                             f"'{self.cfg.train.stage}'")
+        self.accelerator.load_state(str(path))
+        self.step = meta["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+        return meta.get("mlflow_run_id")
+
+    def _validation_batch(self) -> Optional[dict]:
+        d = self.cfg.data
+        if not d.val:
+            return None
+        pairs = eval_pairs(d.val, d.val_masks or d.masks, d.image_size, per_bucket=d.val_per_bucket)
+        batches = list(eval_loader(pairs, d.image_size, batch_size=len(pairs)))
+        return {k: (v.to(self.accelerator.device) if torch.is_tensor(v) else v)
+                for k, v in batches[0].items()}
+
+    def save(self, step: int, reason: str) -> Path:
+        generators = {n: self.ctx.nets[n] for n in ("g1", "g2") if n in self.ctx.nets}
+        path = checkpoint.save(self.accelerator, str(self.output_dir), step, self.cfg, generators,
+                               {"reason": reason, "mlflow_run_id": self.tracker.run_id,
+                                "mlflow_tracking_uri": self.tracker.uri})
+        if self.accelerator.is_main_process:
+            self.tracker.set_tags({"last_checkpoint": str(path.resolve())})
+        return path
+
+    @torch.no_grad()
+    def validate(self, step: int) -> None:
+        """Sample grid and per-bucket PSNR/SSIM on the fixed validation batch (main process)."""
+        if self.val_batch is None or not self.accelerator.is_main_process:
+            return
+        nets, batch = self.ctx.nets, self.val_batch
+        g1 = self.accelerator.unwrap_model(nets["g1"]) if "g1" in nets else None
+        g2 = self.accelerator.unwrap_model(nets["g2"]) if "g2" in nets else None
+        for net in (g1, g2):
+            if net is not None:
+                net.eval()
+        if g2 is None:  # edge stage: no image output to score
+            edges = complete_edges(g1, batch)
+            output = batch["image"] * (1 - batch["mask"])
+        else:
+            output, edges = inpaint(g1, g2, batch)
+            meter = BucketMeter()
+            meter.add(*score_batch(output, batch["image"]), batch["bucket"])
+            summary = meter.summary()
+            self.tracker.log_metrics({f"val/{metric}/{bucket}": values[metric]
+                                      for bucket, values in summary.items()
+                                      for metric in ("psnr", "ssim")}, step)
+        for name in self.trained:
+            nets[name].train()
+        if self.cfg.tracking.log_images:
+            self.tracker.log_image(image_grid(batch, edges, output), f"samples-{step:08d}.png",
+                                   "samples")
+
+    def fit(self) -> dict:
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        stop = StopRequest()
+        step_fn = STEPS[t.stage]
+        per_step = cfg.data.batch_size * acc.num_processes * t.grad_accum
+        batches = iter(self.loader)
+        bad_streak, bad_total, first_bad = 0, 0, None
+        window, window_start = [], time.perf_counter()
+        bar = tqdm(total=t.steps, initial=self.step, disable=not acc.is_main_process,
+                   desc=f"{t.stage}", unit="step", dynamic_ncols=True)
+        exit_code, status = 0, "FINISHED"
+        for net in self.trained:
+            self.ctx.nets[net].train()
+        while self.step < t.steps:
+            for _ in range(t.grad_accum):
+                try:
+                    batch = next(batches)
+                except StopIteration:  # a stream epoch ended: start the next one
+                    batches = iter(self.loader)
+                    batch = next(batches)
+                batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()
+                         if torch.is_tensor(v)}
+                with acc.accumulate(*[self.ctx.nets[n] for n in self.trained]):
+                    logs = step_fn(self.ctx, batch)
+            self.step += 1
+            bar.update(1)
+            if logs.pop("ok"):
+                bad_streak, first_bad = 0, None
+                window.append({k: v.detach() for k, v in logs.items()})  # no sync per step
+            else:
+                bad_streak, bad_total = bad_streak + 1, bad_total + 1
+                first_bad = first_bad or self.step
+                log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
+                            self.step, bad_streak)
+                self.tracker.log_metrics({"train/skipped_steps": bad_total}, self.step)
+                if bad_streak >= t.max_bad_steps:
+                    path = self.save(first_bad - 1, "non-finite")
+                    log.error("%d consecutive non-finite steps (from step %d): stopped. The "
+                              "checkpoint %s holds the state from before step %d (skipped "
+                              "updates were never applied). Lower the learning rates or check "
+                              "the data, then resume from it.", bad_streak, first_bad, path,
+                              first_bad)
+                    exit_code, status = NONFINITE_EXIT_CODE, "FAILED"
+                    break
+            if self.step % t.log_every == 0 and window:
+                elapsed = time.perf_counter() - window_start
+                means = {k: torch.stack([w[k] for w in window]).float().mean().item()
+                         for k in window[0]}
+                means["train/samples_per_s"] = len(window) * per_step / elapsed
+                self.tracker.log_metrics(means, self.step)
+                bar.set_postfix({k.split("/", 1)[-1]: f"{v:.3g}" for k, v in means.items()
+                                 if k.endswith(("/d", "/g", "samples_per_s"))})
+                window, window_start = [], time.perf_counter()
+            if self.step % t.val_every == 0 or self.step == t.steps:
+                self.validate(self.step)
+            stop_now = self._stop_agreed(stop)
+            if bad_streak == 0 and (self.step % t.ckpt_every == 0 or self.step == t.steps
+                                    or stop_now):
+                self.save(self.step, "signal" if stop_now else "periodic")
+            if stop_now:
+                log.warning("stopped at step %d by signal; checkpoint written, exit %d for "
+                            "requeue", self.step, REQUEUE_EXIT_CODE)
+                exit_code, status = REQUEUE_EXIT_CODE, "KILLED"
+                break
+        bar.close()
+        self.tracker.close(status)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return {"exit_code": exit_code, "step": self.step, "output_dir": str(self.output_dir),
+                "run_id": self.tracker.run_id}
+
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        """A signal may reach one rank only; all stop at the same step or DDP would hang."""
+        flag = torch.tensor([1.0 if stop.signum else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def run(sources: list[str], overrides: list[str]) -> dict:
+    cfg = load_config(sources, overrides)
+    trainer = Trainer(cfg)
+    if trainer.accelerator.is_main_process:
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        (trainer.output_dir / "config.yaml").write_text(to_yaml(cfg))
+    return trainer.fit()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        sys.exit(0 if args else SETUP_EXIT_CODE)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("accelerate", "mlflow.store"):  # per-file save/migration chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    files, overrides = split_args(args)
+    try:
+        result = run(files, overrides)
+    except (ConfigError, SetupError, checkpoint.CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(SETUP_EXIT_CODE)
+    sys.exit(result["exit_code"])
+
+
+if __name__ == "__main__":
+    main()
