@@ -74,7 +74,7 @@ class StepContext:
     stage: str
     nets: dict[str, nn.Module]  # prepared (DDP-wrapped) networks by name: g1, d1, g2, d2
     opts: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
-    vgg: Optional[VGGLoss] = None
+    vgg: Optional[VGGLoss] = None  # None when the perceptual and style weights are both 0
     grad_clip: float = 0.0
     check_grads: bool = True  # off under fp16, where GradScaler owns overflow handling
 
@@ -150,8 +150,10 @@ def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[
     with frozen(ctx.plain("d2")) as d2:
         adv = generator_adversarial_loss(d2(pred)[0])
     l1 = hole_weighted_l1(pred, image, batch["mask"])
-    with ctx.accelerator.autocast():  # VGG is not a prepared model, so autocast it here
-        perceptual, style = ctx.vgg(pred, image)
+    perceptual = style = torch.zeros((), device=pred.device)
+    if ctx.vgg is not None:
+        with ctx.accelerator.autocast():  # VGG is not a prepared model, so autocast it here
+            perceptual, style = ctx.vgg(pred, image)
     g_loss = w.l1 * l1 + w.adv_texture * adv + w.perceptual * perceptual + w.style * style
     logs.update({"texture/g_adv": adv, "texture/g_l1": l1, "texture/g_perceptual": perceptual,
                  "texture/g_style": style, "texture/g": g_loss})

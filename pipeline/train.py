@@ -120,6 +120,7 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision,
                                        gradient_accumulation_steps=t.grad_accum)
         acc = self.accelerator
+        self.stop = StopRequest()  # from here on a signal means "stop cleanly at a step boundary"
         set_seed(t.seed)  # identical initial weights on every rank
         self.output_dir = Path(t.output_dir)
         nets = build_networks(cfg)
@@ -127,7 +128,7 @@ class Trainer:
         # weights + Ranger21's moments/lookahead (~4 copies), per kept checkpoint, plus one in flight
         check_output_dir(self.output_dir, n_params * 4 * 5 * (t.ckpt_limit + 1))
         self.vgg = None
-        if "g2" in TRAINED[t.stage]:
+        if "g2" in TRAINED[t.stage] and (cfg.loss.perceptual or cfg.loss.style):
             try:
                 self.vgg = VGGLoss(cfg.loss.vgg_weights).to(acc.device)
             except VGGWeightsError as err:
@@ -229,7 +230,6 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        stop = StopRequest()
         step_fn = STEPS[t.stage]
         per_step = cfg.data.batch_size * acc.num_processes * t.grad_accum
         batches = iter(self.loader)
@@ -276,13 +276,14 @@ class Trainer:
                 means = {k: torch.stack([w[k] for w in window]).float().mean().item()
                          for k in window[0]}
                 means["train/samples_per_s"] = len(window) * per_step / elapsed
+                means["data/skipped_samples"] = self.loader.skips.count
                 self.tracker.log_metrics(means, self.step)
                 bar.set_postfix({k.split("/", 1)[-1]: f"{v:.3g}" for k, v in means.items()
                                  if k.endswith(("/d", "/g", "samples_per_s"))})
                 window, window_start = [], time.perf_counter()
             if self.step % t.val_every == 0 or self.step == t.steps:
                 self.validate(self.step)
-            stop_now = self._stop_agreed(stop)
+            stop_now = self._stop_agreed()
             if bad_streak == 0 and (self.step % t.ckpt_every == 0 or self.step == t.steps
                                     or stop_now):
                 self.save(self.step, "signal" if stop_now else "periodic")
@@ -298,9 +299,9 @@ class Trainer:
         return {"exit_code": exit_code, "step": self.step, "output_dir": str(self.output_dir),
                 "run_id": self.tracker.run_id}
 
-    def _stop_agreed(self, stop: StopRequest) -> bool:
+    def _stop_agreed(self) -> bool:
         """A signal may reach one rank only; all stop at the same step or DDP would hang."""
-        flag = torch.tensor([1.0 if stop.signum else 0.0], device=self.accelerator.device)
+        flag = torch.tensor([1.0 if self.stop.signum else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
@@ -313,15 +314,19 @@ def run(sources: list[str], overrides: list[str]) -> dict:
     return trainer.fit()
 
 
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("accelerate", "mlflow.store"):  # per-file save/migration chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
         sys.exit(0 if args else SETUP_EXIT_CODE)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("accelerate", "mlflow.store"):  # per-file save/migration chatter
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     files, overrides = split_args(args)
     try:
         result = run(files, overrides)

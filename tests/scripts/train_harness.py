@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import load_config, split_args
-from pipeline.train import Trainer
+from pipeline.train import Trainer, configure_logging
 
 
 class PoisonedBatches:
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--poison-rank", type=int, default=None)
     parser.add_argument("--digest-dir", type=Path)
     args, rest = parser.parse_known_args()
+    configure_logging()
     files, overrides = split_args([a for a in rest if a != "--"])
     trainer = Trainer(load_config(files, overrides))
     rank = trainer.accelerator.process_index

@@ -1,0 +1,127 @@
+"""Decode any image file into a square RGB uint8 array, and the edge map that goes with it.
+
+Everything that can be wrong with a file (not an image, truncated, a decompression bomb, an odd
+pixel format) surfaces as `ImageError(reason)`, so callers can record the reason and go on.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from skimage.feature import canny
+
+Source = Union[str, Path, BinaryIO, bytes]
+
+# skimage.color.rgb2gray's weights (what EdgeConnect uses before Canny); data.py uses the same
+GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
+EXIF_ORIENTATION = 0x0112
+
+
+class ImageError(ValueError):
+    """An input that cannot become a training image; str(err) is the reason."""
+
+
+def open_image(source: Source, draft_size: Optional[int] = None) -> Image.Image:
+    """Image.open + load, with every failure turned into ImageError(reason).
+
+    draft_size: let JPEGs decode at a reduced DCT scale that still leaves both sides >= it
+    (several times faster for large photos). `img.info["header_size"]` keeps the stored size.
+    """
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    # A bomb warning (between 1x and 2x Image.MAX_IMAGE_PIXELS) is as fatal as the error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(source)
+            img.info["header_size"] = img.size
+            if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+                img.draft(img.mode, (draft_size, draft_size))
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ImageError(f"decompression bomb: {err}") from None
+        except UnidentifiedImageError:
+            raise ImageError("not an image (no decoder recognises the file)") from None
+        except FileNotFoundError as err:
+            raise ImageError(f"unreadable: {err.strerror}: {err.filename}") from None
+        except PermissionError as err:
+            raise ImageError(f"unreadable: permission denied: {err.filename}") from None
+        except IsADirectoryError as err:
+            raise ImageError(f"unreadable: is a directory: {err.filename}") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            # Pillow reports truncated/corrupt data as OSError ("image file is truncated", ...)
+            raise ImageError(f"corrupt or truncated image: {err}") from None
+    return img
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> HxWx3 uint8, alpha composited over white."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16/32-bit grayscale: Pillow's convert("L") clips instead of scaling
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr, 0, 65535) / 257.0
+        gray = np.round(arr).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+        gray = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return np.asarray(img.convert("RGB"))
+
+
+def center_square(arr: np.ndarray) -> np.ndarray:
+    h, w = arr.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return arr[top:top + side, left:left + side]
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Square HxWx3 uint8 -> size x size (Lanczos both ways)."""
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def read_image(source: Source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """load_image plus the original (width, height) after EXIF orientation."""
+    img = open_image(source, draft_size=size)
+    width, height = img.info["header_size"]
+    try:
+        if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # quarter turns
+            width, height = height, width
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageError(f"cannot convert pixels (mode {img.mode}): {err}") from None
+    if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
+        raise ImageError(f"empty image ({width}x{height})")
+    return resize_rgb(center_square(rgb), size), (width, height)
+
+
+def load_image(source: Source, size: int) -> np.ndarray:
+    """Decode, apply EXIF orientation, convert to RGB, centre-crop, resize -> size x size x 3."""
+    return read_image(source, size)[0]
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 -> HxW float32 in [0, 1], skimage's rgb2gray weights."""
+    return (rgb.astype(np.float32) / 255.0) @ np.asarray(GRAY_WEIGHTS, dtype=np.float32)
+
+
+def canny_edges(rgb: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Ground-truth edge map as EdgeConnect computes it: Canny(sigma) of the grayscale image."""
+    return canny(to_gray(rgb), sigma=sigma).astype(np.uint8) * 255

@@ -1,0 +1,179 @@
+"""Inpainting masks: hole-area buckets, a free-form mask generator, and mask file loading.
+
+Convention everywhere: uint8 HxW, 1 = hole (missing pixels), 0 = known.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.images import Source, center_square, open_image
+
+# The paper's hole-area groups; bucket i holds ratios in (lo, hi].
+BUCKETS = [(i / 10, (i + 1) / 10) for i in range(6)]
+
+
+def bucket_name(index: int) -> str:
+    lo, hi = BUCKETS[index]
+    return f"{round(lo * 100)}-{round(hi * 100)}"
+
+
+def bucket_of(hole_ratio: float) -> Optional[int]:
+    """Bucket index for a hole ratio; None for no hole at all or more than 60 % hole."""
+    for index, (lo, hi) in enumerate(BUCKETS):
+        if lo < hole_ratio <= hi:
+            return index
+    return None
+
+
+def hole_ratio(mask: np.ndarray) -> float:
+    return float(np.count_nonzero(mask)) / mask.size
+
+
+def load_mask(source: Source, size: int, invert: bool = False) -> np.ndarray:
+    """Mask file (white = hole) -> size x size uint8 {0,1}: binarised at 0.5, nearest resize.
+
+    Non-square masks are centre-cropped like the images they are paired with. Bad files raise
+    ImageError(reason), as images do.
+    """
+    img = open_image(source)
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        full = 65535.0 if img.mode.startswith("I") and arr.max(initial=0) > 255 else 255.0
+        full = 1.0 if img.mode == "F" and arr.max(initial=0) <= 1.0 else full
+        hole = arr / full >= 0.5
+    else:
+        hole = np.asarray(img.convert("L")) >= 128
+    if invert:
+        hole = ~hole
+    hole = center_square(hole)
+    if hole.shape[0] != size:
+        resized = Image.fromarray(hole.astype(np.uint8) * 255).resize(
+            (size, size), Image.Resampling.NEAREST)
+        hole = np.asarray(resized) >= 128
+    return hole.astype(np.uint8)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """{0,1} mask -> a 0/255 grayscale PNG (white = hole, viewable as is)."""
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """The PNG written by encode_mask -> HxW uint8 {0,1}; decoded as one channel on purpose."""
+    with Image.open(io.BytesIO(data)) as img:
+        return (np.asarray(img.convert("L")) >= 128).astype(np.uint8)
+
+
+class _Brush:
+    """A brush that paints a free-form stroke step by step and never overshoots a pixel cap."""
+
+    def __init__(self, rng: np.random.Generator, size: int):
+        self.rng, self.size = rng, size
+        self.canvas = Image.new("L", (size, size), 0)
+        self.count = 0
+        self.pixel_mode = False
+        self._new_stroke()
+
+    def _new_stroke(self) -> None:
+        s = self.size
+        self.x, self.y = self.rng.uniform(0, s, size=2)
+        self.angle = self.rng.uniform(0, 2 * math.pi)
+        self.width = self.rng.uniform(s / 40, s / 10) + 1.0
+        self.vertices_left = int(self.rng.integers(4, 13))
+        self.segment_left = self._segment_length()
+
+    def _segment_length(self) -> float:
+        return self.rng.uniform(self.size / 16, self.size / 4)
+
+    def _turn(self) -> None:
+        self.vertices_left -= 1
+        if self.vertices_left <= 0:
+            self._new_stroke()
+            return
+        self.angle += self.rng.normal(0.0, 0.8) + (math.pi if self.rng.random() < 0.15 else 0.0)
+        self.segment_left = self._segment_length()
+
+    def paint_box(self, cap: int) -> None:
+        """A rectangle of at most `cap` pixels (cap = pixels still allowed)."""
+        area = self.rng.uniform(0.3, 1.0) * min(cap, 0.12 * self.size ** 2)
+        aspect = math.exp(self.rng.uniform(-1.0, 1.0))
+        w = max(1, int(math.sqrt(area * aspect)))
+        h = max(1, int(area / w))
+        left = int(self.rng.integers(0, max(1, self.size - w + 1)))
+        top = int(self.rng.integers(0, max(1, self.size - h + 1)))
+        self._commit(lambda d: d.rectangle([left, top, left + w - 1, top + h - 1], fill=255), cap)
+
+    def paint_step(self, need: int, cap: int) -> None:
+        """Advance the stroke by a step sized to add about `need` pixels, at most `cap`."""
+        width = min(self.width, max(1.0, math.sqrt(cap)))
+        length = min(self.segment_left, max(1.0, need / width))
+        nx = self.x + length * math.cos(self.angle)
+        ny = self.y + length * math.sin(self.angle)
+        if not (0 <= nx < self.size and 0 <= ny < self.size):
+            self.angle += math.pi / 2 + self.rng.uniform(0, math.pi)  # bounce off the border
+            nx = min(max(nx, 0.0), self.size - 1.0)
+            ny = min(max(ny, 0.0), self.size - 1.0)
+        x0, y0, r = self.x, self.y, width / 2
+
+        def draw(d: ImageDraw.ImageDraw) -> None:
+            d.line([(x0, y0), (nx, ny)], fill=255, width=max(1, round(width)))
+            d.ellipse([nx - r, ny - r, nx + r, ny + r], fill=255)
+
+        if self.pixel_mode:
+            # the finest brush still overshot: one pixel per step never can
+            draw = lambda d: d.point((round(nx), round(ny)), fill=255)  # noqa: E731
+        if self._commit(draw, cap):
+            self.x, self.y = nx, ny
+            self.segment_left -= length
+            if self.segment_left <= 0.5:
+                self._turn()
+        elif self.width > 1.0:
+            self.width = max(1.0, self.width / 2)  # too big for what is left: finer brush
+        else:
+            self.pixel_mode = True
+
+    def _commit(self, draw, cap: int) -> bool:
+        before = self.canvas.copy()
+        draw(ImageDraw.Draw(self.canvas))
+        count = int(np.count_nonzero(np.asarray(self.canvas)))
+        if count - self.count > cap:
+            self.canvas = before
+            return False
+        self.count = count
+        return True
+
+
+def generate_mask(rng: np.random.Generator, size: int, bucket: int,
+                  boxes: bool = False) -> np.ndarray:
+    """Free-form mask whose hole ratio lies in BUCKETS[bucket].
+
+    Strokes grow step by step until the hole area reaches a target drawn inside the bucket; steps
+    that would overshoot the bucket are undone and retried finer (rejection sampling of whole
+    masks accepts only a small fraction, see FACTS.md).
+    """
+    lo, hi = BUCKETS[bucket]
+    total = size * size
+    lo_px = math.floor(lo * total) + 1  # strictly above lo
+    hi_px = math.floor(hi * total)
+    if lo_px > hi_px:
+        raise ValueError(f"a {size}x{size} mask cannot have a hole ratio in bucket {bucket}")
+    target = int(rng.integers(lo_px, hi_px + 1))
+    brush = _Brush(rng, size)
+    for _ in range(100 * total):  # a safety net: strokes wander on until the target is met
+        if brush.count >= target:
+            break
+        cap = hi_px - brush.count
+        if boxes and rng.random() < 0.05:
+            brush.paint_box(cap)
+        else:
+            brush.paint_step(target - brush.count, cap)
+    else:
+        raise RuntimeError(f"mask generator did not reach {target} px (bucket {bucket})")
+    return (np.asarray(brush.canvas) >= 128).astype(np.uint8)

@@ -1,0 +1,497 @@
+"""Make WebDataset shards: images (+ Canny edges), masks (ingested or generated), a sample.
+
+    python pipeline/shard.py images SRC [SRC ...] --out OUT [--size 256] [--format jpg|png]
+    python pipeline/shard.py masks SRC --out OUT [--invert]
+    python pipeline/shard.py masks --generate N --out OUT --seed S [--boxes]
+    python pipeline/shard.py dataset paris|celeba-hq --root DIR --out OUT
+    python pipeline/shard.py sample --out OUT
+
+Every output folder gets an index.json: shards (name, samples, sha256), `samples`, `inputs`,
+`skipped` ([{path, reason}]) and the command line; inputs == samples + len(skipped).
+The exit status is 0 when every folder written holds at least one sample.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shlex
+import sys
+import tarfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.images import ImageError, canny_edges, read_image
+from pipeline.masks import (BUCKETS, bucket_name, bucket_of, encode_mask, generate_mask,
+                            hole_ratio, load_mask)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+SHARD_PATTERN = "shard-{:06d}.tar"
+JPEG_QUALITY = 95
+# Paris StreetView as distributed by Pathak et al. (and as re-packed by others): first match wins
+PARIS_TRAIN_DIRS = ("paris_train_original", "paris_train", "train")
+PARIS_TEST_DIRS = ("paris_eval_gt", "paris_eval", "eval_gt", "val", "test")
+CELEBA_DIRS = ("CelebA-HQ-img", "celeba_hq", "CelebA-HQ")
+CELEBA_TRAIN = 28000  # ids 0..27999 train, 28000..29999 test
+# the photos inside installed wheels that `sample` uses; test photos are never cropped into train
+SAMPLE_TEST_PHOTOS = ("coffee", "grace_hopper")
+
+
+class ShardError(RuntimeError):
+    """Nothing usable was written; the message says why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input: a file on disk, or encoded bytes with a descriptive source label."""
+    key: str
+    source: str
+    data: Optional[bytes] = None
+
+
+@dataclass
+class Result:
+    key: str
+    source: str
+    files: Optional[dict] = None  # extension -> bytes; None when skipped
+    reason: str = ""
+    meta: Optional[dict] = None
+
+
+# ---------------------------------------------------------------------------- finding inputs
+
+def natural_key(text: str) -> list:
+    """Sort "img2" before "img10" (CelebA-HQ's 0.jpg .. 29999.jpg need numeric order)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def make_key(relative: str) -> str:
+    """Stable WebDataset key from a relative path: no dots (WebDataset splits on the first)."""
+    return re.sub(r"[^A-Za-z0-9_\-/]", "_", relative).strip("/")
+
+
+def find_inputs(sources: Sequence[str], exts: Sequence[str]) -> tuple[list[Job], list[dict]]:
+    """Walk sources recursively. Every entry found is a Job or a skipped {path, reason}."""
+    jobs: list[Job] = []
+    skipped: list[dict] = []
+    seen: dict[str, str] = {}
+    prefix_keys = len(sources) > 1
+    for src in sources:
+        root = Path(src)
+        if not root.exists() and not root.is_symlink():
+            skipped.append({"path": src, "reason": "does not exist"})
+            continue
+        if root.is_file() or (root.is_symlink() and not root.is_dir()):
+            found = [(root, root.name)]
+        else:
+            found = []
+
+            def on_error(err: OSError) -> None:
+                skipped.append({"path": err.filename, "reason": f"unreadable: {err.strerror}"})
+
+            for dirpath, _dirs, files in os.walk(root, onerror=on_error):
+                for name in files:
+                    path = Path(dirpath) / name
+                    found.append((path, path.relative_to(root).as_posix()))
+        for path, rel in sorted(found, key=lambda item: natural_key(item[1])):
+            if path.suffix.lower() not in exts:
+                skipped.append({"path": str(path),
+                                "reason": f"not an image file extension ({path.suffix or 'none'})"})
+                continue
+            key = make_key(f"{root.name}/{rel}" if prefix_keys else rel)
+            if key in seen:
+                skipped.append({"path": str(path),
+                                "reason": f"key '{key}' already used by {seen[key]}"})
+                continue
+            seen[key] = str(path)
+            jobs.append(Job(key, str(path)))
+    return jobs, skipped
+
+
+# ---------------------------------------------------------------------------- per-sample work
+
+def _read(job: Job):
+    return job.data if job.data is not None else job.source
+
+
+def encode_image(rgb: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    else:
+        Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_edge(edge: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    # fast deflate: sparse 0/255 maps compress well anyway; level 6 costs ~2 ms more per image
+    Image.fromarray(edge).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def image_sample(job: Job, size: int, fmt: str, min_size: int) -> Result:
+    try:
+        rgb, (width, height) = read_image(_read(job), size)
+    except ImageError as err:
+        return Result(job.key, job.source, reason=str(err))
+    except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop the run
+        return Result(job.key, job.source, reason=f"decoder failed: {err!r}")
+    if min(width, height) < min_size:
+        return Result(job.key, job.source,
+                      reason=f"smaller than --min-size {min_size} ({width}x{height})")
+    meta = {"source": job.source, "original_size": [width, height], "size": size}
+    files = {fmt: encode_image(rgb, fmt), "edge.png": encode_edge(canny_edges(rgb)),
+             "json": json.dumps(meta).encode()}
+    return Result(job.key, job.source, files=files)
+
+
+def _mask_result(key: str, source: str, mask: np.ndarray) -> Result:
+    ratio = hole_ratio(mask)
+    bucket = bucket_of(ratio)
+    if bucket is None:
+        what = ("all-empty mask (no hole)" if ratio == 0 else
+                "all-hole mask" if ratio == 1 else f"hole ratio {ratio:.3f} is above 60 %")
+        return Result(key, source, reason=f"{what}: not in any bucket")
+    meta = {"source": source, "hole_ratio": ratio, "bucket": bucket,
+            "bucket_name": bucket_name(bucket), "size": mask.shape[0]}
+    files = {"mask.png": encode_mask(mask), "json": json.dumps(meta).encode()}
+    return Result(key, source, files=files, meta=meta)
+
+
+def mask_sample(job: Job, size: int, invert: bool) -> Result:
+    try:
+        mask = load_mask(_read(job), size, invert=invert)
+    except ImageError as err:
+        return Result(job.key, job.source, reason=str(err))
+    except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop the run
+        return Result(job.key, job.source, reason=f"decoder failed: {err!r}")
+    return _mask_result(job.key, job.source, mask)
+
+
+def generated_mask(index: int, size: int, seed: int, boxes: bool) -> Result:
+    """Mask number `index` of a generated set: bucket index % 6, its own seeded generator."""
+    bucket = index % len(BUCKETS)
+    mask = generate_mask(np.random.default_rng([seed, index]), size, bucket, boxes=boxes)
+    return _mask_result(f"gen_{index:07d}", f"generated seed={seed} index={index}", mask)
+
+
+def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
+    """fn over items in input order, on `workers` processes, with a progress bar."""
+    bar = dict(total=len(items), desc=desc, unit="img", mininterval=1.0, dynamic_ncols=True)
+    if workers <= 1 or len(items) < 2:
+        yield from tqdm(map(fn, items), **bar)
+        return
+    chunk = max(1, min(32, len(items) // (workers * 8)))
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from tqdm(pool.imap(fn, items, chunksize=chunk), **bar)
+
+
+# ---------------------------------------------------------------------------- writing
+
+class ShardWriter:
+    """Tar shards of `shard_size` samples; fixed tar metadata so equal input gives equal sha256."""
+
+    def __init__(self, out: Path, shard_size: int):
+        self.out, self.shard_size = out, shard_size
+        self.shards: list[dict] = []
+        self._tar: Optional[tarfile.TarFile] = None
+        self._count = 0
+
+    def add(self, key: str, files: dict) -> None:
+        if self._tar is None:
+            name = SHARD_PATTERN.format(len(self.shards))
+            self._tar = tarfile.open(self.out / (name + ".part"), "w", format=tarfile.USTAR_FORMAT)
+            self._name, self._count = name, 0
+        for ext, data in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        self._count += 1
+        if self._count == self.shard_size:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._tar.close()
+        part = self.out / (self._name + ".part")
+        part.replace(self.out / self._name)
+        digest = hashlib.sha256((self.out / self._name).read_bytes()).hexdigest()
+        self.shards.append({"name": self._name, "samples": self._count, "sha256": digest})
+        self._tar = None
+
+    def close(self) -> list[dict]:
+        if self._tar is not None:
+            self._finish()
+        return self.shards
+
+
+def prepare_out(out: Path) -> None:
+    """Create OUT; clear shards of an earlier run so a directory spec never mixes two runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("shard-*.tar")) + list(out.glob("shard-*.tar.part")):
+        old.unlink()
+    (out / "index.json").unlink(missing_ok=True)
+
+
+def write_set(out: Path, results: Iterable[Result], skipped: list[dict], inputs: int,
+              shard_size: int, info: dict) -> dict:
+    """Write results to shards in order; returns (and saves) the index."""
+    prepare_out(out)
+    writer = ShardWriter(out, shard_size)
+    skipped = list(skipped)
+    buckets = [0] * len(BUCKETS)
+    for result in results:
+        if result.files is None:
+            skipped.append({"path": result.source, "reason": result.reason})
+            continue
+        writer.add(result.key, result.files)
+        if result.meta is not None and "bucket" in result.meta:
+            buckets[result.meta["bucket"]] += 1
+    shards = writer.close()
+    index = {**info, "inputs": inputs, "samples": sum(s["samples"] for s in shards),
+             "shards": shards, "skipped": skipped, "command": shlex.join(sys.argv)}
+    if info.get("kind") == "masks":
+        index["buckets"] = {bucket_name(i): n for i, n in enumerate(buckets)}
+    (out / "index.json").write_text(json.dumps(index, indent=1))
+    return index
+
+
+def shard_image_jobs(jobs: list[Job], skipped: list[dict], out: Path, args) -> dict:
+    fn = partial(image_sample, size=args.size, fmt=args.format, min_size=args.min_size)
+    results = run_parallel(fn, jobs, args.workers, f"images -> {out}")
+    info = {"kind": "images", "size": args.size, "format": args.format}
+    return write_set(out, results, skipped, len(jobs) + len(skipped), args.shard_size, info)
+
+
+def report(out: Path, index: dict) -> None:
+    print(f"{out}: {index['samples']} samples in {len(index['shards'])} shards, "
+          f"{len(index['skipped'])} skipped (of {index['inputs']} inputs)", file=sys.stderr)
+    for item in index["skipped"][:10]:
+        print(f"  skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if len(index["skipped"]) > 10:
+        print(f"  ... {len(index['skipped']) - 10} more in {out / 'index.json'}", file=sys.stderr)
+    if index["samples"] == 0:
+        raise ShardError(f"no samples written to {out}: every input was skipped "
+                         f"({index['inputs']} inputs; see 'skipped' in {out / 'index.json'})")
+
+
+def write_summary(out: Path, splits: dict[str, dict]) -> None:
+    """OUT/index.json for multi-split commands: per-split totals (shards live in OUT/<split>/)."""
+    summary = {"kind": "splits",
+               "splits": {name: {"samples": idx["samples"], "inputs": idx["inputs"],
+                                 "skipped": len(idx["skipped"])} for name, idx in splits.items()},
+               "samples": sum(idx["samples"] for idx in splits.values()),
+               "skipped": [item for idx in splits.values() for item in idx["skipped"]],
+               "command": shlex.join(sys.argv)}
+    (out / "index.json").write_text(json.dumps(summary, indent=1))
+
+
+# ---------------------------------------------------------------------------- commands
+
+def cmd_images(args) -> None:
+    jobs, skipped = find_inputs(args.src, IMAGE_EXTS)
+    out = Path(args.out)
+    report(out, shard_image_jobs(jobs, skipped, out, args))
+
+
+def cmd_masks(args) -> None:
+    out = Path(args.out)
+    if args.generate is not None:
+        if args.src:
+            raise ShardError("give either SRC (mask files to ingest) or --generate N, not both")
+        if args.generate <= 0 or args.generate % len(BUCKETS):
+            raise ShardError(f"--generate {args.generate}: must be a positive multiple of "
+                             f"{len(BUCKETS)} so that every bucket gets the same count")
+        fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=args.boxes)
+        results = run_parallel(fn, range(args.generate), args.workers, f"masks -> {out}")
+        info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed,
+                "boxes": args.boxes}
+        index = write_set(out, results, [], args.generate, args.shard_size, info)
+    else:
+        if not args.src:
+            raise ShardError("masks: give SRC folders of mask images, or --generate N")
+        jobs, skipped = find_inputs(args.src, IMAGE_EXTS)
+        fn = partial(mask_sample, size=args.size, invert=args.invert)
+        results = run_parallel(fn, jobs, args.workers, f"masks -> {out}")
+        info = {"kind": "masks", "size": args.size, "invert": args.invert}
+        index = write_set(out, results, skipped, len(jobs) + len(skipped), args.shard_size, info)
+    report(out, index)
+
+
+def _first_dir(root: Path, names: Sequence[str]) -> Optional[Path]:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def paris_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
+    train, test = _first_dir(root, PARIS_TRAIN_DIRS), _first_dir(root, PARIS_TEST_DIRS)
+    if train is None or test is None:
+        raise ShardError(f"{root} is not a Paris StreetView folder: expected a train folder "
+                         f"({' or '.join(PARIS_TRAIN_DIRS)}) and an eval folder "
+                         f"({' or '.join(PARIS_TEST_DIRS)})")
+    return {"train": find_inputs([str(train)], IMAGE_EXTS),
+            "test": find_inputs([str(test)], IMAGE_EXTS)}
+
+
+def celeba_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
+    folder = _first_dir(root, CELEBA_DIRS) or root
+    jobs, skipped = find_inputs([str(folder)], IMAGE_EXTS)
+    splits = {"train": ([], []), "test": ([], [])}
+    for job in jobs:
+        stem = Path(job.source).stem
+        if not stem.isdigit() or job.key.count("/"):
+            skipped.append({"path": job.source,
+                            "reason": "not a CelebA-HQ image name (<id>.jpg, 0..29999)"})
+            continue
+        split = "train" if int(stem) < CELEBA_TRAIN else "test"
+        splits[split][0].append(job)
+    splits["train"][1].extend(skipped)  # outside both splits: recorded once, under train
+    return splits
+
+
+def cmd_dataset(args) -> None:
+    root, out = Path(args.root), Path(args.out)
+    if not root.is_dir():
+        raise ShardError(f"--root {root}: not a directory")
+    splits = paris_splits(root) if args.name == "paris" else celeba_splits(root)
+    indexes = {}
+    for name, (jobs, skipped) in splits.items():
+        indexes[name] = shard_image_jobs(jobs, skipped, out / name, args)
+    write_summary(out, indexes)
+    for name, index in indexes.items():
+        report(out / name, index)
+
+
+def bundled_photos() -> dict[str, np.ndarray]:
+    """Real photos shipped inside installed wheels (no download)."""
+    from matplotlib import cbook
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = {name: getattr(data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}
+    left, right, _disparity = data.stereo_motorcycle()
+    photos.update(motorcycle_left=left, motorcycle_right=right)
+    sample = load_sample_images()
+    photos.update({Path(f).stem: img for f, img in zip(sample.filenames, sample.images)})
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photos["grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
+    return photos
+
+
+def photo_crops(name: str, photo: np.ndarray, crops: int) -> list[Job]:
+    """The centre square plus random squares of 55-90 % of the short side, as BMP bytes."""
+    rng = np.random.default_rng(list(name.encode()))  # fixed per photo, independent of order
+    h, w = photo.shape[:2]
+    jobs = []
+    for i in range(crops):
+        side = min(h, w) if i == 0 else int(min(h, w) * rng.uniform(0.55, 0.9))
+        top = (h - side) // 2 if i == 0 else int(rng.integers(0, h - side + 1))
+        left = (w - side) // 2 if i == 0 else int(rng.integers(0, w - side + 1))
+        buf = io.BytesIO()
+        Image.fromarray(photo[top:top + side, left:left + side]).save(buf, format="BMP")
+        label = f"bundled:{name} crop x={left} y={top} side={side}"
+        jobs.append(Job(f"{name}_{i:02d}", label, data=buf.getvalue()))
+    return jobs
+
+
+def cmd_sample(args) -> None:
+    out = Path(args.out)
+    if args.masks % len(BUCKETS):
+        raise ShardError(f"--masks {args.masks}: must be a multiple of {len(BUCKETS)} "
+                         "so that every bucket gets the same count")
+    photos = bundled_photos()
+    splits: dict[str, list[Job]] = {"train": [], "test": []}
+    for name in sorted(photos):
+        split = "test" if name in SAMPLE_TEST_PHOTOS else "train"
+        splits[split].extend(photo_crops(name, photos[name], args.crops))
+    indexes = {name: shard_image_jobs(jobs, [], out / name, args) for name, jobs in splits.items()}
+    fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=True)
+    masks = run_parallel(fn, range(args.masks), args.workers, f"masks -> {out / 'masks'}")
+    info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed, "boxes": True}
+    indexes["masks"] = write_set(out / "masks", masks, [], args.masks, args.shard_size, info)
+    write_summary(out, indexes)
+    for name, index in indexes.items():
+        report(out / name, index)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, shard_size: int = 1000) -> None:
+        p.add_argument("--out", required=True, help="output folder (shards + index.json)")
+        p.add_argument("--size", type=_positive, default=256, help="square side in px (256)")
+        p.add_argument("--shard-size", type=_positive, default=shard_size,
+                       help="samples per tar shard")
+        p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+                       help="worker processes (default: all cores)")
+
+    def image_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=("jpg", "png"), default="jpg",
+                       help=f"image encoding in the shards (jpg: quality {JPEG_QUALITY}, 4:4:4)")
+        p.add_argument("--min-size", type=int, default=0,
+                       help="skip images whose short side is below this (default: upscale all)")
+
+    p = sub.add_parser("images", help="folders of images -> image+edge shards")
+    p.add_argument("src", nargs="+", help="image folders (searched recursively) or files")
+    common(p)
+    image_options(p)
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("masks", help="mask images, or generated masks -> bucketed mask shards")
+    p.add_argument("src", nargs="*", help="folders of mask images (white = hole)")
+    p.add_argument("--invert", action="store_true", help="masks use black = hole")
+    p.add_argument("--generate", type=int, metavar="N",
+                   help="generate N free-form masks instead (N a multiple of 6)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --generate")
+    p.add_argument("--boxes", action="store_true", help="--generate: mix in rectangles")
+    common(p)
+    p.set_defaults(func=cmd_masks)
+
+    p = sub.add_parser("dataset", help="a published dataset folder -> OUT/train and OUT/test")
+    p.add_argument("name", choices=("paris", "celeba-hq"))
+    p.add_argument("--root", required=True, help="the dataset's folder as downloaded")
+    common(p)
+    image_options(p)
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("sample", help="bundled photos -> OUT/train, OUT/test, OUT/masks")
+    common(p, shard_size=20)
+    image_options(p)
+    p.add_argument("--crops", type=_positive, default=5, help="crops per photo (5)")
+    p.add_argument("--masks", type=_positive, default=96, help="generated masks (96)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the generated masks")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ShardError as err:
+        print(f"shard.py {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
