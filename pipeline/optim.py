@@ -1,4 +1,5 @@
-"""Ranger21 set-up: one optimizer per network, each with its own lr and warm-down floor.
+"""Optimizers: Ranger21 (the paper's), one per network, each with its own lr and warm-down floor;
+Adam for EdgeConnect's published recipe (the baseline the benchmarks compare against).
 
 Ranger21 normalises gradients across all its param groups and warms every group down towards one
 constructor-wide floor, so G and D never share an instance, and the floor follows each lr (its
@@ -7,12 +8,16 @@ default 3e-5 floor would *raise* a 1e-5 discriminator lr during warm-down).
 from __future__ import annotations
 
 from omegaconf import DictConfig
+import torch
 from pytorch_optimizer import Ranger21
 from torch import nn
 
 
-def build_ranger(model: nn.Module, lr: float, steps: int, optim_cfg: DictConfig) -> Ranger21:
+def build_optimizer(model: nn.Module, lr: float, steps: int,
+                    optim_cfg: DictConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if optim_cfg.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(optim_cfg.betas))
     return Ranger21(
         params,
         num_iterations=steps,

@@ -28,14 +28,10 @@ from tqdm.auto import tqdm
 from pipeline import checkpoint
 from pipeline.config import ConfigError, load_config, split_args, to_yaml
 from pipeline.data import eval_loader, eval_pairs, train_loader
-from pipeline.losses import VGGLoss
+from pipeline.build import SetupError, build_networks, build_step_context
 from pipeline.metrics import BucketMeter, score_batch
 from pipeline.models.dina import resolve_backend
-from pipeline.models.discriminators import PatchDiscriminator
-from pipeline.models.generators import EdgeGenerator, TextureGenerator
-from pipeline.models.vgg import VGGWeightsError
-from pipeline.optim import build_ranger
-from pipeline.stages import STEPS, TRAINED, StepContext, complete_edges, inpaint
+from pipeline.stages import STEPS, TRAINED, complete_edges, inpaint
 from pipeline.tracking import Tracker
 
 log = logging.getLogger("dina.train")
@@ -43,10 +39,6 @@ log = logging.getLogger("dina.train")
 REQUEUE_EXIT_CODE = 124
 NONFINITE_EXIT_CODE = 3
 SETUP_EXIT_CODE = 2
-
-
-class SetupError(RuntimeError):
-    """Something to fix before training can start; the message says what."""
 
 
 class StopRequest:
@@ -82,28 +74,6 @@ def check_output_dir(path: Path, needed_bytes: int) -> None:
                          f"lower train.ckpt_limit or change train.output_dir")
 
 
-def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
-    """The stage's networks; pretrained generators loaded from earlier stages' checkpoints."""
-    stage, nets = cfg.train.stage, {}
-    if stage in ("edge", "joint") or cfg.train.edge_checkpoint:
-        nets["g1"] = EdgeGenerator(cfg.model)
-    if stage != "edge":
-        nets["g2"] = TextureGenerator(cfg.model)
-    if "d1" in TRAINED[stage]:
-        nets["d1"] = PatchDiscriminator(2, cfg.model.d_channels)  # [edge, gray]
-    if "d2" in TRAINED[stage]:
-        nets["d2"] = PatchDiscriminator(3, cfg.model.d_channels)  # RGB
-    for name, source in (("g1", cfg.train.edge_checkpoint), ("g2", cfg.train.texture_checkpoint)):
-        if source and name in nets:
-            try:
-                path = checkpoint.resolve(source)
-                checkpoint.load_generator_weights(path, name, nets[name])
-            except checkpoint.CheckpointError as err:
-                raise SetupError(f"cannot load {name} from {source}: {err}") from None
-            log.info("%s loaded from %s", name, path)
-    return nets
-
-
 def image_grid(batch: dict, edges: torch.Tensor, output: torch.Tensor, rows: int = 4) -> np.ndarray:
     """Rows of [masked input | edges | output | ground truth], uint8 HWC."""
     image, mask = batch["image"][:rows], batch["mask"][:rows]
@@ -127,26 +97,8 @@ class Trainer:
         n_params = sum(p.numel() for n in nets.values() for p in n.parameters())
         # weights + Ranger21's moments/lookahead (~4 copies), per kept checkpoint, plus one in flight
         check_output_dir(self.output_dir, n_params * 4 * 5 * (t.ckpt_limit + 1))
-        self.vgg = None
-        if "g2" in TRAINED[t.stage] and (cfg.loss.perceptual or cfg.loss.style):
-            try:
-                self.vgg = VGGLoss(cfg.loss.vgg_weights).to(acc.device)
-            except VGGWeightsError as err:
-                raise SetupError(str(err)) from None
-        trained = TRAINED[t.stage]
-        if t.compile:
-            nets = {n: (torch.compile(m) if n in trained else m) for n, m in nets.items()}
-        lrs = {"g1": cfg.optim.g_lr, "g2": cfg.optim.g_lr, "d1": cfg.optim.d_lr, "d2": cfg.optim.d_lr}
-        opts = {n: build_ranger(nets[n], lrs[n], t.steps, cfg.optim) for n in trained}
-        prepared = acc.prepare(*[nets[n] for n in trained], *[opts[n] for n in trained])
-        for i, name in enumerate(trained):
-            nets[name], opts[name] = prepared[i], prepared[len(trained) + i]
-        for name in set(nets) - set(trained):  # carried G1: frozen, used or only saved
-            nets[name] = nets[name].to(acc.device).eval().requires_grad_(False)
-        self.trained = trained
-        self.ctx = StepContext(accelerator=acc, loss_cfg=cfg.loss, stage=t.stage, nets=nets,
-                               opts=opts, vgg=self.vgg, grad_clip=t.grad_clip,
-                               check_grads=acc.mixed_precision != "fp16")
+        self.trained = TRAINED[t.stage]
+        self.ctx = build_step_context(cfg, acc, nets)
         self.step = 0
         run_id = self._resume()
         self.tracker = Tracker(cfg, acc.is_main_process, resume_run_id=run_id)

@@ -48,7 +48,7 @@ def checkpoint_steps(out: Path) -> list[int]:
 
 
 def test_kill9_at_random_steps_then_resume_is_bit_identical(sample_shards, tmp_path):
-    common = ["train.steps=10", "train.ckpt_every=1", "train.val_every=100"]
+    common = ["train.stage=edge", "train.steps=10", "train.ckpt_every=1", "train.val_every=100"]
     train_cli(sample_shards, tmp_path / "straight", *common)
     out = tmp_path / "killed"
     rng = random.Random(7)
@@ -86,15 +86,15 @@ def test_corrupt_checkpoint_is_skipped_with_a_message(sample_shards, tmp_path, c
 
 
 def test_sigusr1_checkpoints_and_exits_for_requeue_then_resumes(sample_shards, tmp_path):
-    common = ["train.steps=40", "train.ckpt_every=5", "train.val_every=100"]
+    common = ["train.stage=edge", "train.steps=30", "train.ckpt_every=3", "train.val_every=100"]
     out = tmp_path / "signalled"
     proc = start_training(sample_shards, out, *common)
-    wait_for(lambda: 5 in checkpoint_steps(out), proc)
+    wait_for(lambda: 3 in checkpoint_steps(out), proc)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 124, err[-3000:]
     stopped_at = max(checkpoint_steps(out))
-    assert 5 <= stopped_at < 40
+    assert 3 <= stopped_at < 30
     meta = json.loads((out / "run" / "checkpoints" / f"checkpoint-{stopped_at:08d}" /
                        "meta.json").read_text())
     assert meta["reason"] == "signal"
@@ -108,7 +108,7 @@ def test_sigusr1_checkpoints_and_exits_for_requeue_then_resumes(sample_shards, t
 def test_second_signal_exits_at_once(sample_shards, tmp_path):
     proc = start_training(sample_shards, tmp_path, "train.steps=200", "train.ckpt_every=2")
     wait_for(lambda: checkpoint_steps(tmp_path), proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGUSR1)  # two different signals: a repeated one could coalesce
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]

@@ -25,6 +25,7 @@ class PoisonedBatches:
 
     def __init__(self, loader, steps: set[int], first_step: int, grad_accum: int):
         self.loader, self.steps = loader, steps
+        self.skips = loader.skips  # the trainer reports the stream's bad-sample count
         self.batch_index = first_step * grad_accum
         self.grad_accum = grad_accum
 

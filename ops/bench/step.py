@@ -1,0 +1,160 @@
+"""Benchmark: one full GAN training step (D then G, every loss incl. VGG) per stage.
+
+Times the real step function of pipeline/stages.py on synthetic batches of the right shape (the
+data stream has its own benchmark, ops/bench/data.py), for these variants, all in one run:
+  dina-<backend>  the paper's model with each DiNA backend available on the device
+  no-attention    the same model without DiNA modules
+  edgeconnect     EdgeConnect's recipe: no attention, fp32, Adam(betas 0, 0.9)
+Prints one line per variant and writes JSON with img/s, ms/step, peak memory and the ratios the
+project's targets are stated in.
+
+    python ops/bench/step.py                         # CPU: demo preset, fp32
+    python ops/bench/step.py --preset paper --device cuda --precision no,bf16 --compile
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from pipeline.build import build_networks, build_step_context
+from pipeline.config import load_config
+from pipeline.masks import generate_mask
+from pipeline.models.dina import resolve_backend
+from pipeline.stages import STEPS
+
+REPO = Path(__file__).resolve().parents[2]
+PRESETS = {  # config files + overrides per preset
+    "demo": ([str(REPO / "configs/experiment/demo.yaml")], ["loss.perceptual=0.1", "loss.style=250"]),
+    "paper": ([], ["data.image_size=256", "data.batch_size=16"]),
+}
+
+
+def synthetic_batch(batch: int, size: int, device: torch.device) -> dict:
+    rng = np.random.default_rng(0)
+    masks = np.stack([generate_mask(rng, size, i % 6) for i in range(batch)])
+    image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return {
+        "image": image.to(device),
+        "gray": image.mean(1, keepdim=True).to(device),
+        "edge": (torch.rand(batch, 1, size, size) > 0.9).float().to(device),
+        "mask": torch.from_numpy(masks).float().unsqueeze(1).to(device),
+    }
+
+
+def variant_overrides(variant: str) -> list[str]:
+    if variant == "no-attention":
+        return ["model.attention.enabled=false"]
+    if variant == "edgeconnect":
+        return ["model.attention.enabled=false", "optim.name=adam", "optim.betas=[0.0,0.9]"]
+    backend = variant.removeprefix("dina-")
+    return [f"model.attention.backend={backend}"] + (["model.attention.bias=false"]
+                                                     if backend == "natten" else [])
+
+
+def measure(preset: str, stage: str, variant: str, precision: str, device: str, steps: int,
+            warmup: int, compile_: bool) -> dict:
+    files, overrides = PRESETS[preset]
+    if variant == "edgeconnect":
+        precision, compile_ = "no", False  # the published recipe: strict fp32, eager
+    cfg = load_config(files, [*overrides, *variant_overrides(variant), f"train.stage={stage}",
+                              "loss.vgg_weights=random", f"train.compile={str(compile_).lower()}",
+                              "train.edge_checkpoint=null", "train.steps=100000"])
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    acc = Accelerator(mixed_precision=precision, cpu=device == "cpu")
+    torch.manual_seed(0)
+    ctx = build_step_context(cfg, acc, build_networks(cfg))
+    step = STEPS[stage]
+    batch = synthetic_batch(cfg.data.batch_size, cfg.data.image_size, acc.device)
+    cuda = acc.device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step(ctx, batch)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(ctx, batch)
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    backend = (resolve_backend(cfg.model.attention.backend, cfg.model.attention.bias, acc.device)
+               if cfg.model.attention.enabled else "none")
+    return {"stage": stage, "variant": variant, "precision": precision, "backend": backend,
+            "compile": compile_, "batch": cfg.data.batch_size, "size": cfg.data.image_size,
+            "ms_per_step": seconds * 1000, "img_per_s": cfg.data.batch_size / seconds,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+
+
+def ratios(results: list[dict]) -> dict:
+    """The target ratios, from rows of this one run."""
+    def find(stage, variant, precision):
+        return next((r for r in results if (r["stage"], r["variant"], r["precision"]) ==
+                     (stage, variant, precision)), None)
+
+    out = {}
+    for r in results:
+        if not r["variant"].startswith("dina-"):
+            continue
+        key = f"{r['stage']}/{r['variant']}/{r['precision']}"
+        plain, ec = find(r["stage"], "no-attention", r["precision"]), find(r["stage"], "edgeconnect", "no")
+        if plain:
+            out[f"{key} vs no-attention img/s"] = r["img_per_s"] / plain["img_per_s"]
+            if r["peak_mem_gib"]:
+                out[f"{key} vs no-attention peak memory"] = r["peak_mem_gib"] / plain["peak_mem_gib"]
+        if ec:
+            out[f"{key} vs edgeconnect img/s"] = r["img_per_s"] / ec["img_per_s"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--stages", default="edge,texture")
+    parser.add_argument("--backends", default=None,
+                        help="DiNA backends (default: reference, plus flex on CUDA)")
+    parser.add_argument("--precision", default="no", help="comma list of no,bf16,fp16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=REPO / "runs/bench/step.json")
+    args = parser.parse_args()
+    backends = (args.backends.split(",") if args.backends
+                else ["reference"] + (["flex"] if args.device == "cuda" else []))
+    variants = [f"dina-{b}" for b in backends] + ["no-attention", "edgeconnect"]
+    results = []
+    for stage in args.stages.split(","):
+        for precision in args.precision.split(","):
+            for variant in variants:
+                if variant == "edgeconnect" and precision != args.precision.split(",")[0]:
+                    continue  # one fp32 baseline per stage
+                row = measure(args.preset, stage, variant, precision, args.device, args.steps,
+                              args.warmup, args.compile)
+                results.append(row)
+                mem = f"  peak {row['peak_mem_gib']:.2f} GiB" if row["peak_mem_gib"] else ""
+                print(f"{stage:8s} {variant:16s} {row['precision']:4s} {row['img_per_s']:8.2f} img/s"
+                      f"  {row['ms_per_step']:8.1f} ms/step{mem}", flush=True)
+    report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+              "torch": torch.__version__, "preset": args.preset, "results": results,
+              "ratios": ratios(results)}
+    for key, value in report["ratios"].items():
+        print(f"{key}: {value:.2f}x")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Assemble a stage: its networks (pretrained parts loaded), optimizers and losses, prepared by
+Accelerate. Shared by the trainer and the step benchmark, so both measure the same thing."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig
+
+from pipeline import checkpoint
+from pipeline.losses import VGGLoss
+from pipeline.models.discriminators import PatchDiscriminator
+from pipeline.models.generators import EdgeGenerator, TextureGenerator
+from pipeline.models.vgg import VGGWeightsError
+from pipeline.optim import build_optimizer
+from pipeline.stages import TRAINED, StepContext
+
+log = logging.getLogger("dina.build")
+
+
+class SetupError(RuntimeError):
+    """Something to fix before training can start; the message says what."""
+
+
+def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
+    """The stage's networks; pretrained generators loaded from earlier stages' checkpoints."""
+    stage, nets = cfg.train.stage, {}
+    if stage in ("edge", "joint") or cfg.train.edge_checkpoint:
+        nets["g1"] = EdgeGenerator(cfg.model)
+    if stage != "edge":
+        nets["g2"] = TextureGenerator(cfg.model)
+    if "d1" in TRAINED[stage]:
+        nets["d1"] = PatchDiscriminator(2, cfg.model.d_channels)  # [edge, gray]
+    if "d2" in TRAINED[stage]:
+        nets["d2"] = PatchDiscriminator(3, cfg.model.d_channels)  # RGB
+    for name, source in (("g1", cfg.train.edge_checkpoint), ("g2", cfg.train.texture_checkpoint)):
+        if source and name in nets:
+            try:
+                path = checkpoint.resolve(source)
+                checkpoint.load_generator_weights(path, name, nets[name])
+            except checkpoint.CheckpointError as err:
+                raise SetupError(f"cannot load {name} from {source}: {err}") from None
+            log.info("%s loaded from %s", name, path)
+    return nets
+
+
+def build_step_context(cfg: DictConfig, accelerator: Accelerator,
+                       nets: dict[str, torch.nn.Module]) -> StepContext:
+    """Optimizers and losses for the trained networks; everything moved and wrapped for DDP."""
+    t, trained = cfg.train, TRAINED[cfg.train.stage]
+    vgg = None
+    if "g2" in trained and (cfg.loss.perceptual or cfg.loss.style):
+        try:
+            vgg = VGGLoss(cfg.loss.vgg_weights).to(accelerator.device)
+        except VGGWeightsError as err:
+            raise SetupError(str(err)) from None
+    if t.compile:
+        nets = {n: (torch.compile(m) if n in trained else m) for n, m in nets.items()}
+    lrs = {"g1": cfg.optim.g_lr, "g2": cfg.optim.g_lr, "d1": cfg.optim.d_lr, "d2": cfg.optim.d_lr}
+    opts = {n: build_optimizer(nets[n], lrs[n], t.steps, cfg.optim) for n in trained}
+    prepared = accelerator.prepare(*[nets[n] for n in trained], *[opts[n] for n in trained])
+    for i, name in enumerate(trained):
+        nets[name], opts[name] = prepared[i], prepared[len(trained) + i]
+    for name in set(nets) - set(trained):  # carried G1: frozen, used or only saved
+        nets[name] = nets[name].to(accelerator.device).eval().requires_grad_(False)
+    return StepContext(accelerator=accelerator, loss_cfg=cfg.loss, stage=t.stage, nets=nets,
+                       opts=opts, vgg=vgg, grad_clip=t.grad_clip,
+                       check_grads=accelerator.mixed_precision != "fp16")

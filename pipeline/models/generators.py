@@ -1,0 +1,69 @@
+"""EdgeConnect-shaped generators with a DiNA module in every residual block.
+
+encoder: reflect pad 3, conv 7x7 -> c, conv 4x4 s2 -> 2c, conv 4x4 s2 -> 4c (IN, ReLU each);
+residual attention network: `blocks` ResidualBlocks at 4c, DiNA dilations from the config;
+decoder: transposed conv 4x4 s2 -> 2c, -> c (IN, ReLU), reflect pad 3, conv 7x7 -> output.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.models.blocks import ResidualBlock, init_normal, spectral_norm_convs
+from pipeline.models.dina import DiNA
+
+
+def _down(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.InstanceNorm2d(c_out), nn.ReLU()]
+
+
+def _up(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.InstanceNorm2d(c_out),
+            nn.ReLU()]
+
+
+class Generator(nn.Module):
+    """Encoder, residual attention network, decoder; `forward` returns the pre-activation map.
+
+    spectral_norm=True (G1, as EdgeConnect) normalises every conv except the output conv."""
+
+    def __init__(self, model_cfg, in_channels: int, out_channels: int, spectral_norm: bool):
+        super().__init__()
+        c, attn = model_cfg.channels, model_cfg.attention
+        self.encoder = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c, 7), nn.InstanceNorm2d(c), nn.ReLU(),
+            *_down(c, 2 * c), *_down(2 * c, 4 * c))
+        self.blocks = nn.Sequential(*[
+            ResidualBlock(4 * c, conv_bias=not spectral_norm,
+                          attention=DiNA(4 * c, attn.heads, attn.kernel_size, attn.dilations[i],
+                                         attn.bias, attn.backend) if attn.enabled else None)
+            for i in range(model_cfg.blocks)])
+        self.decoder = nn.Sequential(*_up(4 * c, 2 * c), *_up(2 * c, c), nn.ReflectionPad2d(3))
+        self.head = nn.Conv2d(c, out_channels, 7)
+        init_normal(self, model_cfg.init_gain)
+        if spectral_norm:
+            for part in (self.encoder, self.blocks, self.decoder):
+                spectral_norm_convs(part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.blocks(self.encoder(x))))
+
+
+class EdgeGenerator(Generator):
+    """G1: [masked gray, masked edges, mask] (3 ch) -> edge probability map (1 ch)."""
+
+    def __init__(self, model_cfg):
+        super().__init__(model_cfg, in_channels=3, out_channels=1, spectral_norm=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(super().forward(x))
+
+
+class TextureGenerator(Generator):
+    """G2: [masked RGB, composite edges] (4 ch) -> RGB in [0, 1] via (tanh + 1) / 2."""
+
+    def __init__(self, model_cfg):
+        super().__init__(model_cfg, in_channels=4, out_channels=3, spectral_norm=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(super().forward(x)) + 1) / 2

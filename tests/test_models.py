@@ -1,0 +1,149 @@
+"""Generators, discriminators and VGG19: architecture, parameter counts, gradients, weights."""
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import load_config
+from pipeline.models.discriminators import PatchDiscriminator
+from pipeline.models.generators import EdgeGenerator, TextureGenerator
+from pipeline.models.vgg import OUTPUTS, VGG19Features, VGGWeightsError
+
+TINY = ["model.channels=8", "model.attention.heads=2", "model.attention.kernel_size=3",
+        "model.blocks=2", "model.attention.dilations=[1,2]", "data.image_size=32"]
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def conv(c_in, c_out, kernel, bias=True):
+    return c_in * c_out * kernel * kernel + (c_out if bias else 0)
+
+
+def generator_params(model_cfg, in_channels, out_channels, block_conv_bias):
+    """Parameter count of the EdgeConnect-shaped generator, from its layer list."""
+    c, attn = model_cfg.channels, model_cfg.attention
+    encoder = conv(in_channels, c, 7) + conv(c, 2 * c, 4) + conv(2 * c, 4 * c, 4)
+    dim = 4 * c
+    dina = (dim * 3 * dim + 3 * dim) + (dim * dim + dim)
+    dina += attn.heads * (2 * attn.kernel_size - 1) ** 2 if attn.bias else 0
+    block = 2 * conv(dim, dim, 3, block_conv_bias) + (dina if attn.enabled else 0)
+    decoder = conv(4 * c, 2 * c, 4) + conv(2 * c, c, 4) + conv(c, out_channels, 7)
+    return encoder + model_cfg.blocks * block + decoder
+
+
+def discriminator_params(in_channels, width):
+    widths = [in_channels, width, 2 * width, 4 * width, 8 * width, 1]
+    return sum(conv(a, b, 4, bias=False) for a, b in zip(widths, widths[1:]))
+
+
+def spectrally_normed(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+            and nn.utils.parametrize.is_parametrized(m, "weight")]
+
+
+def n_convs(module: nn.Module) -> int:
+    return sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in module.modules())
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_paper_width_shapes_and_parameter_counts(attention):
+    cfg = load_config(overrides=[f"model.attention.enabled={attention}"]).model
+    attn = cfg.attention
+    assert (cfg.channels, cfg.blocks, attn.heads, attn.kernel_size) == (64, 8, 8, 7)
+    g1, g2 = EdgeGenerator(cfg), TextureGenerator(cfg)
+    d1, d2 = PatchDiscriminator(2, cfg.d_channels), PatchDiscriminator(3, cfg.d_channels)
+    assert n_params(g1) == generator_params(cfg, 3, 1, block_conv_bias=False)
+    assert n_params(g2) == generator_params(cfg, 4, 3, block_conv_bias=True)
+    assert n_params(d1) == discriminator_params(2, 64)
+    assert n_params(d2) == discriminator_params(3, 64)
+    # spectral norm: every G1 conv except the output conv, no G2 conv, every D conv
+    assert len(spectrally_normed(g1)) == n_convs(g1) - 1
+    assert spectrally_normed(g2) == []
+    assert len(spectrally_normed(d1)) == n_convs(d1) == 5
+    with torch.no_grad():  # 64 px keeps this fast; the 16x16 map clamps dilation 4 to 2
+        assert g1(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+        assert g2(torch.rand(1, 4, 64, 64)).shape == (1, 3, 64, 64)
+        logits, features = d2(torch.rand(1, 3, 64, 64))
+    # 4x4 convs with padding 1: stride 2 halves the side, stride 1 shrinks it by one
+    assert logits.shape == (1, 1, 6, 6)
+    assert [f.shape[1] for f in features] == [64, 128, 256, 512, 1]
+    assert features[-1] is logits
+
+
+def test_tiny_models_train():
+    torch.manual_seed(0)
+    cfg = load_config(overrides=TINY).model
+    g1, g2, d1 = EdgeGenerator(cfg), TextureGenerator(cfg), PatchDiscriminator(2, width=8)
+    edges = g1(torch.rand(2, 3, 32, 32))
+    rgb = g2(torch.cat([torch.rand(2, 3, 32, 32), edges], 1))
+    assert edges.shape == (2, 1, 32, 32) and 0 < edges.min() and edges.max() < 1
+    assert rgb.shape == (2, 3, 32, 32) and 0 <= rgb.min() and rgb.max() <= 1
+    logits, _ = d1(torch.cat([edges, torch.rand(2, 1, 32, 32)], 1))
+    (logits.mean() + rgb.mean()).backward()
+    for name, p in [*g1.named_parameters(), *g2.named_parameters(), *d1.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_init_is_normal_with_configured_gain():
+    cfg = load_config(overrides=TINY + ["model.init_gain=0.05", "model.channels=32"]).model
+    weight = TextureGenerator(cfg).blocks[0].body[1].weight
+    assert abs(weight.std().item() - 0.05) < 0.005 and abs(weight.mean().item()) < 0.005
+
+
+def torchvision_vgg19_state(seed=0):
+    """A state_dict laid out as torchvision's vgg19() saves it (vgg19-dcbb9e9d.pth), random."""
+    gen = torch.Generator().manual_seed(seed)
+    conv_layers = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+    widths = [3, 64, 64, 128, 128, 256, 256, 256, 256, *[512] * 8]
+    state = {}
+    for index, c_in, c_out in zip(conv_layers, widths, widths[1:]):
+        state[f"features.{index}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=gen) * 0.05
+        state[f"features.{index}.bias"] = torch.randn(c_out, generator=gen) * 0.05
+    for index, c_in, c_out in [(0, 25088, 16), (3, 16, 16), (6, 16, 1000)]:  # shrunk classifier
+        state[f"classifier.{index}.weight"] = torch.randn(c_out, c_in, generator=gen)
+        state[f"classifier.{index}.bias"] = torch.zeros(c_out)
+    return state
+
+
+def test_vgg_loads_torchvision_state_dict(tmp_path):
+    state = torchvision_vgg19_state()
+    path = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save(state, path)
+    vgg = VGG19Features(str(path))
+    for key, value in vgg.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert all(not p.requires_grad for p in vgg.parameters())
+    x = torch.rand(1, 3, 32, 32)
+    out = vgg(x)
+    assert tuple(out) == OUTPUTS
+    first = torch.relu(nn.functional.conv2d(x, state["features.0.weight"],
+                                            state["features.0.bias"], padding=1))
+    torch.testing.assert_close(out["relu1_1"], first)
+    assert out["relu5_2"].shape == (1, 512, 2, 2)
+
+
+def test_vgg_uses_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(VGGWeightsError) as err:
+        VGG19Features("")
+    message = str(err.value)
+    for needle in (str(tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"),
+                   "loss.vgg_weights", "$TORCH_HOME", "loss.vgg_weights=random"):
+        assert needle in message
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision_vgg19_state(), tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth")
+    assert VGG19Features("")(torch.rand(1, 3, 16, 16))["relu1_1"].shape == (1, 64, 16, 16)
+
+
+def test_vgg_rejects_wrong_files(tmp_path):
+    partial = tmp_path / "other.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, partial)
+    with pytest.raises(VGGWeightsError, match="missing features.0.bias"):
+        VGG19Features(str(partial))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(VGGWeightsError, match="cannot read"):
+        VGG19Features(str(garbage))
+    assert VGG19Features("random")(torch.rand(1, 3, 16, 16))["relu3_1"].shape == (1, 256, 4, 4)
