@@ -89,7 +89,7 @@ def test_resume_matches_uninterrupted_run(sample_shards, tmp_path):
 
 def test_missing_vgg_weights_stop_before_training(sample_shards, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    proc = train_cli(sample_shards, tmp_path, "loss.vgg_weights=", check=False)
+    proc = train_cli(sample_shards, tmp_path, "loss.vgg_weights=''", check=False)
     assert proc.returncode == 2
     for needle in ("vgg19-dcbb9e9d.pth", "loss.vgg_weights", "random"):
         assert needle in proc.stderr
