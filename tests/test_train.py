@@ -94,3 +94,13 @@ def test_missing_vgg_weights_stop_before_training(sample_shards, tmp_path, monke
     for needle in ("vgg19-dcbb9e9d.pth", "loss.vgg_weights", "random"):
         assert needle in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bf16_with_gradient_accumulation_and_clipping(sample_shards, tmp_path, fresh_accelerate):
+    result = run([TINY], tiny_overrides(sample_shards, tmp_path, **{
+        "train.stage": "texture", "train.steps": 2, "train.mixed_precision": "bf16",
+        "train.grad_accum": 2, "train.grad_clip": 1.0}))
+    assert result["exit_code"] == 0 and result["step"] == 2
+    params = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(
+        result["run_id"]).data.params
+    assert params["train.mixed_precision"] == "bf16" and params["train.grad_accum"] == "2"
