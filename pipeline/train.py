@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from pipeline import checkpoint
 from pipeline.config import ConfigError, load_config, split_args, to_yaml
-from pipeline.data import eval_loader, eval_pairs, train_loader
+from pipeline.data import DataError, eval_loader, eval_pairs, train_loader
 from pipeline.build import SetupError, build_networks, build_step_context
 from pipeline.metrics import BucketMeter, score_batch
 from pipeline.models.dina import resolve_backend
@@ -101,6 +101,11 @@ class Trainer:
         self.ctx = build_step_context(cfg, acc, nets)
         self.step = 0
         run_id = self._resume()
+        skip = self.step * t.grad_accum if cfg.data.resume == "skip" else 0
+        seed = t.seed if cfg.data.resume == "skip" else t.seed + self.step
+        self.loader = train_loader(cfg.data, seed, acc.process_index, acc.num_processes,
+                                   skip_batches=skip)
+        self.val_batch = self._validation_batch() if acc.is_main_process else None
         self.tracker = Tracker(cfg, acc.is_main_process, resume_run_id=run_id)
         backend = resolve_backend(cfg.model.attention.backend, cfg.model.attention.bias, acc.device)
         if acc.is_main_process:
@@ -109,11 +114,6 @@ class Trainer:
                      backend if cfg.model.attention.enabled else "off", n_params / 1e6)
         self.tracker.set_tags({"attention_backend_resolved": backend,
                                "num_processes": acc.num_processes})
-        skip = self.step * t.grad_accum if cfg.data.resume == "skip" else 0
-        seed = t.seed if cfg.data.resume == "skip" else t.seed + self.step
-        self.loader = train_loader(cfg.data, seed, acc.process_index, acc.num_processes,
-                                   skip_batches=skip)
-        self.val_batch = self._validation_batch() if acc.is_main_process else None
 
     def _resume(self) -> Optional[str]:
         """Restore state from train.resume; returns the MLflow run to continue, if any."""
@@ -282,7 +282,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     files, overrides = split_args(args)
     try:
         result = run(files, overrides)
-    except (ConfigError, SetupError, checkpoint.CheckpointError) as err:
+    except (ConfigError, SetupError, DataError, checkpoint.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(SETUP_EXIT_CODE)
     sys.exit(result["exit_code"])

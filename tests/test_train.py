@@ -104,3 +104,14 @@ def test_bf16_with_gradient_accumulation_and_clipping(sample_shards, tmp_path, f
     params = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(
         result["run_id"]).data.params
     assert params["train.mixed_precision"] == "bf16" and params["train.grad_accum"] == "2"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.train=/nonexistent/shards"], "no shards match"),
+    (["train.stage=edge-texture", "train.edge_checkpoint=/nonexistent/run"], "cannot load g1"),
+])
+def test_bad_inputs_fail_before_training_with_a_message(sample_shards, tmp_path, overrides,
+                                                        message):
+    proc = train_cli(sample_shards, tmp_path, *overrides, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
