@@ -122,6 +122,10 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) / 255.0) @ np.asarray(GRAY_WEIGHTS, dtype=np.float32)
 
 
-def canny_edges(rgb: np.ndarray, sigma: float = 2.0) -> np.ndarray:
-    """Ground-truth edge map as EdgeConnect computes it: Canny(sigma) of the grayscale image."""
-    return canny(to_gray(rgb), sigma=sigma).astype(np.uint8) * 255
+def canny_edges(rgb: np.ndarray, sigma: float = 2.0,
+                known: Optional[np.ndarray] = None) -> np.ndarray:
+    """Edge map as EdgeConnect computes it: Canny(sigma) of the grayscale image, uint8 {0, 255}.
+
+    `known` (HxW bool) restricts it to the known region, as at test time, so no hole pixel
+    reaches the edges through the smoothing."""
+    return canny(to_gray(rgb), sigma=sigma, mask=known).astype(np.uint8) * 255

@@ -29,7 +29,8 @@ from pipeline import checkpoint
 from pipeline.config import ConfigError, load_config, split_args, to_yaml
 from pipeline.data import DataError, eval_loader, eval_pairs, train_loader
 from pipeline.build import SetupError, build_networks, build_step_context
-from pipeline.metrics import BucketMeter, score_batch
+from pipeline.evaluate import known_region_edges
+from pipeline.metrics import BucketMeter, flat_metrics, score_batch
 from pipeline.models.dina import resolve_backend
 from pipeline.stages import STEPS, TRAINED, complete_edges, inpaint
 from pipeline.tracking import Tracker
@@ -139,9 +140,11 @@ class Trainer:
         if not d.val:
             return None
         pairs = eval_pairs(d.val, d.val_masks or d.masks, d.image_size, per_bucket=d.val_per_bucket)
-        batches = list(eval_loader(pairs, d.image_size, batch_size=len(pairs)))
+        batch = next(iter(eval_loader(pairs, d.image_size, batch_size=len(pairs))))
+        # scored as evaluate.py scores: edges from Canny on the known region only
+        batch["edge"] = known_region_edges(batch)
         return {k: (v.to(self.accelerator.device) if torch.is_tensor(v) else v)
-                for k, v in batches[0].items()}
+                for k, v in batch.items()}
 
     def save(self, step: int, reason: str) -> Path:
         generators = {n: self.ctx.nets[n] for n in ("g1", "g2") if n in self.ctx.nets}
@@ -170,10 +173,7 @@ class Trainer:
             output, edges = inpaint(g1, g2, batch)
             meter = BucketMeter()
             meter.add(*score_batch(output, batch["image"]), batch["bucket"])
-            summary = meter.summary()
-            self.tracker.log_metrics({f"val/{metric}/{bucket}": values[metric]
-                                      for bucket, values in summary.items()
-                                      for metric in ("psnr", "ssim")}, step)
+            self.tracker.log_metrics(flat_metrics(meter.summary(), "val/"), step)
         for name in self.trained:
             nets[name].train()
         if self.cfg.tracking.log_images:

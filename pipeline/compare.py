@@ -1,0 +1,217 @@
+"""Compare evaluation runs from MLflow in the paper's Table 1 layout, plus a plot.
+
+    python pipeline/compare.py RUN_ID [RUN_ID ...] --out OUT_DIR
+    python pipeline/compare.py --experiment dina-inpaint [--filter "params.method = 'model'"] \
+        [--reference configs/reference/paper_paris.yaml] --out OUT_DIR [--log-run]
+
+Reads the per-bucket metrics psnr/<bucket> and ssim/<bucket> that pipeline/evaluate.py logs.
+Without run ids it takes every FINISHED run tagged dina.kind=evaluation in the experiment(s),
+narrowed by --filter (MLflow search syntax). Writes OUT_DIR/table.md and table.csv (rows:
+metric x run, columns: buckets, best per column marked) and plot.png (PSNR and SSIM against the
+hole ratio, one line per run; reference rows dashed). --log-run stores the three files as the
+artifacts of a new comparison run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from pipeline.masks import BUCKETS
+from pipeline.metrics import (METRICS, OVERALL, best_per_column, bucket_columns, bucket_table,
+                              summary_from_flat, table_rows)
+
+EVALUATION_FILTER = "tags.`dina.kind` = 'evaluation' and attributes.status = 'FINISHED'"
+
+
+class CompareError(RuntimeError):
+    """A bad input to the comparison; the message names it."""
+
+
+def load_reference(path: str) -> dict[str, dict]:
+    """Reference YAML (configs/reference/*.yaml) -> {row label: summary}; null cells dropped."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise CompareError(f"reference file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise CompareError(f"reference file {path} is not valid YAML: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        raise CompareError(f"reference file {path}: expected a mapping with a 'rows' list")
+    columns, out = set(bucket_columns()), {}
+    for i, row in enumerate(doc["rows"]):
+        if not isinstance(row, dict) or not row.get("name"):
+            raise CompareError(f"reference file {path}: rows[{i}] needs a 'name'")
+        summary: dict[str, dict[str, float]] = {}
+        for metric in METRICS:
+            for column, value in (row.get(metric) or {}).items():
+                if str(column) not in columns:
+                    raise CompareError(f"reference file {path}: rows[{i}].{metric} has unknown "
+                                       f"bucket '{column}' (use {', '.join(bucket_columns())})")
+                if value is not None:
+                    summary.setdefault(str(column), {})[metric] = float(value)
+        if summary:
+            out[str(row["name"])] = summary
+        else:
+            print(f"compare.py: warning: reference row '{row['name']}' in {path} has no values "
+                  f"(fill it from the paper); skipped", file=sys.stderr)
+    return out
+
+
+def find_runs(client, run_ids: list[str], experiments: list[str], filter_string: Optional[str]):
+    """The runs to compare: the given ids, else finished evaluation runs of the experiments."""
+    from mlflow.exceptions import MlflowException
+
+    if run_ids:
+        runs = []
+        for run_id in run_ids:
+            try:
+                runs.append(client.get_run(run_id))
+            except MlflowException as err:
+                raise CompareError(f"run '{run_id}' not found: {err.message}") from None
+        return runs
+    ids = []
+    for name in experiments:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise CompareError(f"experiment '{name}' not found")
+        ids.append(found.experiment_id)
+    query = EVALUATION_FILTER + (f" and {filter_string}" if filter_string else "")
+    try:
+        runs = client.search_runs(ids, filter_string=query, order_by=["attributes.start_time ASC"])
+    except MlflowException as err:
+        raise CompareError(f"bad --filter '{filter_string}': {err.message}") from None
+    if not runs:
+        raise CompareError(f"no finished evaluation runs in experiment(s) "
+                           f"{', '.join(experiments)} match: {query}")
+    return runs
+
+
+def run_summaries(runs) -> dict[str, dict]:
+    """{row label: summary}; the label is the run name, with a short id where names repeat."""
+    names = [r.info.run_name or r.info.run_id for r in runs]
+    out = {}
+    for run, name in zip(runs, names):
+        summary = summary_from_flat(run.data.metrics)
+        if not any(c != OVERALL for c in summary):
+            raise CompareError(f"run {run.info.run_id} ('{name}') has no psnr/<bucket> or "
+                               f"ssim/<bucket> metrics: is it an evaluation run?")
+        label = f"{name} ({run.info.run_id[:8]})" if names.count(name) > 1 else name
+        out[label] = summary
+    return out
+
+
+def write_csv(runs: dict[str, dict], path: Path) -> None:
+    rows = table_rows(runs)
+    best = best_per_column(rows)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        columns = bucket_columns()
+        writer.writerow(["metric", "run", *columns, "best_in"])
+        for metric, run, values in rows:
+            best_in = [columns[j] for j, v in enumerate(values) if v is not None
+                       and best.get((metric, j)) == v]
+            writer.writerow([metric, run, *["" if v is None else repr(v) for v in values],
+                             " ".join(best_in)])
+
+
+def write_plot(runs: dict[str, dict], references: set[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = [c for c in bucket_columns() if c != OVERALL]
+    centres = [100 * (lo + hi) / 2 for lo, hi in BUCKETS]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric in zip(axes, METRICS):
+        for label, summary in runs.items():
+            points = [(x, summary[b][metric]) for x, b in zip(centres, buckets)
+                      if metric in summary.get(b, {})]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label,
+                        linestyle="--" if label in references else "-")
+        ax.set_xlabel("hole ratio (mask bucket)")
+        ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
+        ax.set_xticks(centres, [f"{b} %" for b in buckets])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def log_comparison(client, experiment: str, out: Path, runs) -> str:
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name="comparison", tags={
+        "dina.kind": "comparison", "dina.compared_runs": " ".join(r.info.run_id for r in runs)})
+    for name in ("table.md", "table.csv", "plot.png"):
+        client.log_artifact(run.info.run_id, str(out / name))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Compare evaluation runs from MLflow: the paper's PSNR/SSIM per hole-ratio "
+                    "table (Markdown + CSV, best per column marked) and a plot.")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to compare (default: all "
+                   "finished evaluation runs of --experiment)")
+    p.add_argument("--experiment", action="append", help="MLflow experiment name (repeatable; "
+                   "default dina-inpaint)")
+    p.add_argument("--filter", help="extra MLflow search filter, e.g. \"params.method = 'model'\"")
+    p.add_argument("--reference", action="append", default=[],
+                   help="YAML of published numbers added as rows (configs/reference/*.yaml)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--tracking-uri",
+                   help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--log-run", action="store_true",
+                   help="log the table and plot as artifacts of a new comparison run")
+    args = p.parse_args(argv)
+    if args.run_ids and (args.experiment or args.filter):
+        p.error("give run ids or --experiment/--filter, not both")
+    args.experiment = args.experiment or ["dina-inpaint"]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+           or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    try:
+        references = {}
+        for path in args.reference:
+            references.update(load_reference(path))
+        runs = find_runs(client, args.run_ids, args.experiment, args.filter)
+        rows = {**run_summaries(runs), **references}
+    except CompareError as err:
+        sys.exit(f"compare.py: error: {err}")
+    except MlflowException as err:
+        sys.exit(f"compare.py: error: cannot read runs from MLflow at {uri}: {err.message}")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = bucket_table(rows, mark_best=True)
+    (out / "table.md").write_text(table)
+    write_csv(rows, out / "table.csv")
+    write_plot(rows, set(references), out / "plot.png")
+    print(table)
+    print(f"{len(runs)} runs compared; table.md, table.csv, plot.png in {out}")
+    if args.log_run:
+        run_id = log_comparison(client, args.experiment[0], out, runs)
+        print(f"MLflow comparison run {run_id}")
+
+
+if __name__ == "__main__":
+    main()

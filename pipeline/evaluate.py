@@ -1,0 +1,294 @@
+"""Score an inpainting method per hole-area bucket: the paper's Table 1 for one run.
+
+    python pipeline/evaluate.py --checkpoint CKPT_DIR --images SRC --masks SRC --out OUT_DIR
+    python pipeline/evaluate.py --method telea --images SRC --masks SRC --out OUT_DIR
+
+Every test image is scored once in every bucket (0-10 % ... 50-60 %), paired with a mask by
+`pipeline.data.eval_pairs`'s fixed rule, so two evaluations see identical inputs. The method
+fills the hole, the output is composited (known pixels kept) and scored with PSNR / SSIM on RGB
+at [0, 255] (pipeline.metrics). Methods: `model` (G1 -> G2 from a checkpoint, edges from Canny
+on the known region as at test time), and two baselines through the same code: `mean` (hole
+filled with the known region's mean colour) and `telea` (OpenCV's cv2.inpaint, Telea).
+
+Writes OUT_DIR/pairs.json (each pair with its scores), metrics.json, table.md, timing.json,
+and with --save-images OUT_DIR/images/<image-stem>__<bucket>.png. Logs the per-bucket metrics
+(psnr/10-20, ...) and the table to a new MLflow evaluation run, nested under the checkpoint's
+training run when meta.json names one (a run per evaluation keeps each table its own row).
+
+Training validation reuses the core: `evaluate(loader, model_fill(g1, g2), device)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.images import canny_edges
+from pipeline.masks import bucket_name
+from pipeline.metrics import BucketMeter, bucket_table, flat_metrics, score_batch, to_uint8
+from pipeline.stages import composite, inpaint
+
+# batch (tensors on the device) -> prediction [B,3,H,W] in [0, 1]; evaluate() composites it
+Fill = Callable[[dict], torch.Tensor]
+
+METHODS = ("model", "mean", "telea")
+TELEA_RADIUS = 3  # OpenCV's documented example radius
+
+
+class EvaluationError(RuntimeError):
+    """A bad input to evaluation; the message names it."""
+
+
+def _rgb_uint8(image: torch.Tensor) -> list[np.ndarray]:
+    """[B,3,H,W] in [0, 1] -> list of HxWx3 uint8 arrays."""
+    return list(to_uint8(image).permute(0, 2, 3, 1).cpu().numpy())
+
+
+def known_region_edges(batch: dict) -> torch.Tensor:
+    """Canny (σ 2) of each image computed on its known region only, as at test time.
+
+    Eval batches carry the full image's edges; inside the hole those would leak the answer, and
+    even near it a full-image Canny sees hole pixels through its smoothing (EdgeConnect's test
+    path passes the known region to skimage's canny as its mask for this reason).
+    """
+    known = (batch["mask"][:, 0] < 0.5).cpu().numpy()
+    edges = [canny_edges(rgb, known=k) > 0 for rgb, k in zip(_rgb_uint8(batch["image"]), known)]
+    return torch.from_numpy(np.stack(edges)).unsqueeze(1).to(batch["edge"])
+
+
+def model_fill(g1: nn.Module, g2: nn.Module) -> Fill:
+    """G1 completes the known-region edges, G2 fills the hole (pipeline.stages.inpaint)."""
+    def fill(batch: dict) -> torch.Tensor:
+        return inpaint(g1, g2, {**batch, "edge": known_region_edges(batch)})[0]
+    return fill
+
+
+def mean_fill(batch: dict) -> torch.Tensor:
+    """Every hole pixel gets the mean colour of its image's known pixels."""
+    known = 1 - batch["mask"]
+    mean = (batch["image"] * known).sum(dim=(2, 3), keepdim=True) / known.sum(
+        dim=(2, 3), keepdim=True).clamp(min=1)
+    return mean.expand_as(batch["image"])
+
+
+def telea_fill(batch: dict) -> torch.Tensor:
+    """OpenCV's Telea fast-marching inpainting, image by image."""
+    import cv2
+
+    holes = (batch["mask"][:, 0] > 0.5).to(torch.uint8).cpu().numpy()
+    filled = [cv2.inpaint(rgb, hole, TELEA_RADIUS, cv2.INPAINT_TELEA)
+              for rgb, hole in zip(_rgb_uint8(batch["image"]), holes)]
+    out = torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float() / 255
+    return out.to(batch["image"])
+
+
+BASELINES: dict[str, Fill] = {"mean": mean_fill, "telea": telea_fill}
+
+
+def image_filename(key: str, bucket: int) -> str:
+    """`<image-key>__<bucket>.png`; folders in the key become '_'."""
+    return f"{str(key).replace('/', '_')}__{bucket_name(int(bucket))}.png"
+
+
+@torch.no_grad()
+def evaluate(loader, fill: Fill, device: str | torch.device = "cpu",
+             image_dir: Optional[Path] = None, progress: bool = True
+             ) -> tuple[dict, list[dict]]:
+    """Fill, composite and score every eval batch of `loader`.
+
+    Returns (summary, per_image): `BucketMeter.summary()` and one record per image
+    {image_key, mask_key, bucket, hole_ratio, psnr, ssim}. With `image_dir`, every composited
+    output is written there as a PNG.
+    """
+    meter, per_image = BucketMeter(), []
+    if image_dir is not None:
+        image_dir.mkdir(parents=True, exist_ok=True)
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        output = composite(fill(batch), batch["image"], batch["mask"])
+        psnr, ssim = score_batch(output, batch["image"])
+        buckets = batch["bucket"].cpu()
+        meter.add(psnr, ssim, buckets)
+        for i, key in enumerate(batch["key"]):
+            per_image.append({"image_key": key, "mask_key": batch["mask_key"][i],
+                              "bucket": bucket_name(int(buckets[i])),
+                              "hole_ratio": float(batch["hole_ratio"][i]),
+                              "psnr": float(psnr[i]), "ssim": float(ssim[i])})
+        if image_dir is not None:
+            for key, b, rgb in zip(batch["key"], buckets, _rgb_uint8(output)):
+                Image.fromarray(rgb).save(image_dir / image_filename(key, b))
+    return meter.summary(), per_image
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Evaluate an inpainting checkpoint (or a baseline) per hole-area bucket: "
+                    "PSNR and SSIM of the composited output, as the paper's Table 1.",
+        epilog="Outputs: OUT/pairs.json, metrics.json, table.md, timing.json, "
+               "images/<stem>__<bucket>.png (--save-images).")
+    p.add_argument("--checkpoint", help="checkpoint dir or run output dir (latest checkpoint); "
+                                        "needed for --method model")
+    p.add_argument("--edge-checkpoint",
+                   help="take G1 from this checkpoint (for a texture-stage checkpoint without G1)")
+    p.add_argument("--method", choices=METHODS, default="model",
+                   help="model: G1->G2 from --checkpoint; mean / telea: baselines")
+    p.add_argument("--images", required=True,
+                   help="test images: shard dir, index.json or a folder of image files")
+    p.add_argument("--masks", required=True,
+                   help="masks (white = hole): shard dir, index.json or a folder of image files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--image-size", type=int,
+                   help="side in pixels (default: the checkpoint's data.image_size; 256 for "
+                        "baselines)")
+    p.add_argument("--per-bucket", type=int,
+                   help="use only the first N test images (by key), each scored in every "
+                        "bucket (default: all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--save-images", action="store_true", help="write every composited output")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: the checkpoint's run's, else "
+                                          "$MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the checkpoint run's, "
+                                        "else dina-inpaint)")
+    p.add_argument("--run-name", help="MLflow run name (default: eval-<method>-<checkpoint>)")
+    args = p.parse_args(argv)
+    if args.method == "model" and not args.checkpoint:
+        p.error("--method model needs --checkpoint (or use --method mean / telea)")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+    if args.per_bucket is not None and args.per_bucket < 1:
+        p.error("--per-bucket must be >= 1")
+    return args
+
+
+def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str
+               ) -> tuple[nn.Module, nn.Module, dict]:
+    """(g1, g2, info) for inference, info = {path, meta, cfg}; EvaluationError says why not."""
+    from pipeline.checkpoint import CheckpointError, load_generators, resolve
+
+    try:
+        path = resolve(checkpoint)
+        cfg, g1, g2 = load_generators(path, device)
+        if edge_checkpoint:
+            g1 = load_generators(edge_checkpoint, device)[1]
+    except CheckpointError as err:
+        raise EvaluationError(f"checkpoint: {err}") from None
+    if g2 is None:
+        raise EvaluationError(f"{path} is an edge-stage checkpoint (no texture generator G2); "
+                              f"use a texture, edge-texture or joint checkpoint")
+    if g1 is None:
+        raise EvaluationError(f"{path} has no edge generator G1; pass --edge-checkpoint with an "
+                              f"edge-stage checkpoint")
+    meta = json.loads((path / "meta.json").read_text())
+    return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg}
+
+
+def load_method(args: argparse.Namespace) -> tuple[Fill, Optional[dict], int]:
+    """(fill, checkpoint info or None, image size) for the chosen method."""
+    if args.method != "model":
+        return BASELINES[args.method], None, args.image_size or 256
+    g1, g2, info = load_model(args.checkpoint, args.edge_checkpoint, args.device)
+    return model_fill(g1, g2), info, args.image_size or int(info["cfg"].data.image_size)
+
+
+def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_size: int) -> str:
+    """A new evaluation run (nested under the checkpoint's run when known); returns its id."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    meta = info["meta"] if info else {}
+    source_run = meta.get("mlflow_run_id")
+    uri = (args.tracking_uri or meta.get("mlflow_tracking_uri")
+           or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    experiment_id = None
+    if args.experiment is None and source_run:
+        experiment_id = client.get_run(source_run).info.experiment_id
+    if experiment_id is None:
+        name = args.experiment or "dina-inpaint"
+        found = client.get_experiment_by_name(name)
+        experiment_id = found.experiment_id if found else client.create_experiment(name)
+    label = Path(info["path"]).name if info else "baseline"
+    tags = {"dina.kind": "evaluation", "dina.method": args.method}
+    if source_run:
+        tags.update({"dina.source_run_id": source_run, "mlflow.parentRunId": source_run})
+    run = client.create_run(experiment_id, run_name=args.run_name or f"eval-{args.method}-{label}",
+                            tags=tags)
+    run_id = run.info.run_id
+    params = {"method": args.method, "images": args.images, "masks": args.masks,
+              "image_size": image_size, "per_bucket": args.per_bucket}
+    if info:
+        params.update({"checkpoint": info["path"], "checkpoint_step": meta.get("step"),
+                       "stage": meta.get("stage")})
+    for key, value in params.items():
+        client.log_param(run_id, key, str(value))
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in flat_metrics(summary).items()]
+    client.log_batch(run_id, metrics=metrics)
+    for name in ("table.md", "metrics.json", "pairs.json"):
+        client.log_artifact(run_id, str(out / name))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from pipeline.data import eval_loader, eval_pairs
+
+    try:
+        fill, info, size = load_method(args)
+        pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
+        if not pairs:
+            raise EvaluationError(f"no image/mask pairs from --images {args.images} and "
+                                  f"--masks {args.masks}")
+        loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
+    except (EvaluationError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"evaluate.py: error: {err}")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    image_dir = out / "images" if args.save_images else None
+    start = time.perf_counter()
+    summary, per_image = evaluate(loader, fill, args.device, image_dir)
+    seconds = time.perf_counter() - start
+
+    label = args.method if info is None else f"{args.method} ({Path(info['path']).name})"
+    table = bucket_table({label: summary})
+    (out / "pairs.json").write_text(json.dumps(per_image, indent=1))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    (out / "table.md").write_text(table)
+    timing = {"images": len(per_image), "seconds": seconds,
+              "images_per_s": len(per_image) / seconds, "device": str(args.device),
+              "batch_size": args.batch_size, "image_size": size}
+    (out / "timing.json").write_text(json.dumps(timing, indent=1))
+    print(table)
+    print(f"{len(per_image)} images in {seconds:.1f} s ({timing['images_per_s']:.3g} images/s "
+          f"on {args.device}); results in {out}")
+    if not args.no_mlflow:
+        try:
+            run_id = log_to_mlflow(args, info, summary, out, size)
+        except Exception as err:  # noqa: BLE001 - any MLflow failure: results are on disk
+            sys.exit(f"evaluate.py: error: logging to MLflow failed ({err}); the results are in "
+                     f"{out}; rerun with --no-mlflow or another --tracking-uri")
+        print(f"MLflow evaluation run {run_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Inpaint one image of any size with a trained checkpoint.
+
+    python pipeline/inpaint.py --checkpoint CKPT_DIR --image IMG --mask MASK --out OUT.png
+
+How any size is handled: the networks were trained on square images of one size (the
+checkpoint's data.image_size), so the image is reflect-padded to a square (keeping its aspect
+ratio), resized to that size, inpainted (G1 edges -> G2), and the prediction is resized back to
+full resolution. Only the hole pixels are replaced: every known pixel of the output is the input's
+own pixel, bit for bit. The model sees a hole that covers every full-resolution hole pixel (a
+low-resolution pixel is a hole if any pixel under it is), so no hole content leaks into the input.
+Fine detail inside large holes is therefore limited by the model's resolution.
+
+The mask must have the image's size, white = hole (>= 128 after greyscale conversion);
+--invert-mask for black holes.
+Nearly binary masks (JPEG ringing) are accepted: values are thresholded at 128 as long as at most
+1 % of the pixels lie between 32 and 223; anything greyer is refused as not a mask.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.evaluate import EvaluationError, load_model, model_fill
+from pipeline.images import to_gray
+from pipeline.metrics import to_uint8
+
+GREY_LOW, GREY_HIGH = 32, 223  # a mask pixel outside [0, 32) and (223, 255] is "grey"
+MAX_GREY_FRACTION = 0.01
+
+
+class InpaintError(ValueError):
+    """A bad input; the message names it."""
+
+
+def _open(path: str, what: str) -> Image.Image:
+    if not Path(path).is_file():
+        raise InpaintError(f"{what} file not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InpaintError(f"{what} {path} is not a readable image: {err}") from None
+    return ImageOps.exif_transpose(img)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """HxWx3 uint8 at full resolution (EXIF orientation applied, alpha over white)."""
+    img = _open(path, "image")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+    return np.array(img.convert("RGB"))  # a writable copy, for torch.from_numpy
+
+
+def read_mask(path: str, size_wh: tuple[int, int], invert: bool) -> np.ndarray:
+    """HxW bool, True = hole; refuses a size mismatch and non-binary masks (see module doc)."""
+    img = _open(path, "mask")
+    if img.size != size_wh:
+        raise InpaintError(f"mask {path} is {img.size[0]}x{img.size[1]} but the image is "
+                           f"{size_wh[0]}x{size_wh[1]}; they must match")
+    grey = np.asarray(img.convert("L"))
+    fraction = np.mean((grey >= GREY_LOW) & (grey <= GREY_HIGH))
+    if fraction > MAX_GREY_FRACTION:
+        raise InpaintError(f"mask {path} is not binary: {100 * fraction:.1f} % of its pixels are "
+                           f"grey (between {GREY_LOW} and {GREY_HIGH}); use a black/white mask, "
+                           f"white = hole")
+    hole = grey >= 128
+    return ~hole if invert else hole
+
+
+def pad_to_square(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad [B,C,H,W] to a square (centred); returns it and the (top, left) offsets."""
+    h, w = x.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    pad = (left, side - w - left, top, side - h - top)
+    # reflection needs the pad to be shorter than the side; replicate covers thin strips
+    mode = "reflect" if max(pad) < min(h, w) else "replicate"
+    return F.pad(x, pad, mode=mode), (top, left)
+
+
+def inpaint_image(rgb: np.ndarray, hole: np.ndarray, g1, g2, size: int, device: str
+                  ) -> tuple[np.ndarray, dict]:
+    """Full-resolution output (known pixels untouched) and a record of what was done."""
+    h, w = hole.shape
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255)
+    mask = torch.from_numpy(hole)[None, None].float()
+    square, (top, left) = pad_to_square(torch.cat([image, mask], dim=1))
+    side = square.shape[-1]
+    small_image = F.interpolate(square[:, :3], size=(size, size), mode="bicubic",
+                                antialias=True, align_corners=False).clamp(0, 1)
+    # the padding is known context; any hole pixel under a low-resolution pixel makes it a hole
+    small_mask = (F.adaptive_max_pool2d(square[:, 3:], size) if side >= size else
+                  F.interpolate(square[:, 3:], size=(size, size), mode="nearest"))
+    small_image = to_uint8(small_image).float().div(255)  # what a saved size x size image holds
+    gray = torch.from_numpy(to_gray(to_uint8(small_image)[0].permute(1, 2, 0).numpy()))
+    batch = {"image": small_image, "mask": small_mask, "gray": gray[None, None],
+             "edge": torch.zeros_like(small_mask)}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.no_grad():
+        pred = model_fill(g1, g2)(batch).cpu()
+    full = F.interpolate(pred, size=(side, side), mode="bicubic", align_corners=False)
+    full = to_uint8(full[..., top:top + h, left:left + w])[0].permute(1, 2, 0).numpy()
+    out = np.where(hole[..., None], full, rgb)
+    return out, {"square": side, "model_size": size, "hole_pixels": int(hole.sum())}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Inpaint one image of any size with a trained checkpoint.",
+        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint dir, or a run output dir (its latest checkpoint)")
+    p.add_argument("--edge-checkpoint", help="take G1 from this checkpoint instead")
+    p.add_argument("--image", required=True, help="image file, any size")
+    p.add_argument("--mask", required=True, help="mask file of the same size, white = hole")
+    p.add_argument("--invert-mask", action="store_true", help="black = hole")
+    p.add_argument("--out", required=True, help="output image (PNG keeps it lossless)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        rgb = read_rgb(args.image)
+        hole = read_mask(args.mask, (rgb.shape[1], rgb.shape[0]), args.invert_mask)
+        if not hole.any():
+            raise InpaintError(f"mask {args.mask} has no hole pixels (white = hole; "
+                               f"--invert-mask if the holes are black)")
+        g1, g2, info = load_model(args.checkpoint, args.edge_checkpoint, args.device)
+    except (InpaintError, EvaluationError) as err:
+        sys.exit(f"inpaint.py: error: {err}")
+
+    size = int(info["cfg"].data.image_size)
+    out, done = inpaint_image(rgb, hole, g1, g2, size, args.device)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out).save(args.out)
+    h, w = hole.shape
+    ratio = done["hole_pixels"] / hole.size
+    steps = [f"image {w}x{h}, hole {100 * ratio:.1f} % ({done['hole_pixels']} pixels)"]
+    if ratio > 0.6:
+        steps.append("note: the model was trained on holes up to 60 %")
+    if (h, w) != (size, size):
+        padded = f"reflect-padded to {done['square']}x{done['square']}, " if h != w else ""
+        steps.append(f"{padded}resized to {size}x{size} for the model, prediction resized back")
+    steps.append(f"G1 -> G2 from {info['path']} (step {info['meta'].get('step')}) on "
+                 f"{args.device}; only hole pixels replaced, known pixels unchanged")
+    print("; ".join(steps) + f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

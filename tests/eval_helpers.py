@@ -1,0 +1,32 @@
+"""Test helpers for evaluation and inference: tiny random-weight checkpoints in the real layout."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+
+from conftest import TINY, reset_accelerate
+from pipeline.checkpoint import save
+from pipeline.config import load_config
+from pipeline.models.generators import EdgeGenerator, TextureGenerator
+
+
+def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...] = ("g1", "g2"),
+                    mlflow_run_id: Optional[str] = None, mlflow_tracking_uri: Optional[str] = None,
+                    seed: int = 0) -> Path:
+    """A checkpoint dir written by pipeline.checkpoint.save: tiny preset (32 px), seeded weights."""
+    overrides = [f"train.stage={stage}", f"train.output_dir={out}"]
+    if stage in ("edge-texture", "joint"):
+        overrides.append("train.edge_checkpoint=unused-by-evaluation")
+    cfg = load_config([TINY], overrides)
+    torch.manual_seed(seed)
+    nets = {"g1": EdgeGenerator(cfg.model), "g2": TextureGenerator(cfg.model)}
+    reset_accelerate()
+    try:
+        return save(Accelerator(cpu=True), str(out), 1, cfg,
+                    {name: nets[name] for name in generators},
+                    {"mlflow_run_id": mlflow_run_id, "mlflow_tracking_uri": mlflow_tracking_uri})
+    finally:
+        reset_accelerate()
