@@ -63,7 +63,7 @@ class StopRequest:
 def check_output_dir(path: Path, needed_bytes: int) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # every rank probes: one file each
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
