@@ -71,9 +71,7 @@ class Tracker:
         # fail fast inside the thread and retry there, instead of MLflow's minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        from mlflow.tracking import MlflowClient
-
-        self._client = MlflowClient(self.uri)
+        self._client = None  # made on first use: creating a store can fail like any call
         self._cfg = cfg
         self._tags = {**run_tags(cfg), **(extra_tags or {})}
         self._resume_run_id = resume_run_id
@@ -157,6 +155,10 @@ class Tracker:
     # ---- background side ---------------------------------------------------------------
 
     def _open_run(self) -> None:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
         client = self._client
         experiment = client.get_experiment_by_name(self._cfg.tracking.experiment)
         experiment_id = (experiment.experiment_id if experiment

@@ -1,0 +1,268 @@
+"""Submit training stages to SLURM with submitit: one stage, a chain, or a sweep.
+
+    python pipeline/launch.py [--stages edge,texture] [--nodes N] [--gpus-per-node G]
+        [--partition P] [--time MIN] [--account A] [--qos Q] [--cpus-per-task C]
+        [--sweep key=v1,v2 ...] [--wait] CONFIG.yaml [MORE.yaml ...] [key=value ...]
+
+Each stage trains `configs/stage/<stage>.yaml` + the given YAML files + the overrides (as
+pipeline/train.py). A chain runs its stages in order, each starting only after the previous one
+succeeded (`afterok`), and a stage after `edge` gets train.edge_checkpoint=<the edge output dir>.
+`--sweep key=v1,v2` (repeatable: the product of all) submits each stage as a job array, one task
+per point, each with its own output dir. The cluster comes from the environment: SLURM when
+`srun` is on PATH, else local processes. Options mirror slurm/*.sbatch.
+
+How a job trains: one process in all (1 node, at most 1 GPU) calls pipeline.train.run() inside
+the submitit job itself; more, and every node runs slurm/node.sh (one `accelerate launch` per
+node, as the sbatch scripts do). Preemption and time limits: SLURM sends SIGUSR1 to the job; the
+trainers checkpoint and stop, then submitit's own handler calls StageJob.checkpoint() and
+requeues the job, which resumes with train.resume=latest (every job passes it anyway).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+# submitit reads its preemption signal at import: make it the one the trainer handles.
+os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+import submitit  # noqa: E402
+
+from pipeline.config import STAGES, ConfigError, load_config, split_args  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+REQUEUE_EXIT_CODE = 124  # pipeline/train.py: stopped by a signal after checkpointing
+
+
+def still_running() -> bool:
+    """Whether SLURM still counts this job as running. The trainer stops with the same status
+    for SIGTERM (scancel, the time limit, SLURM's own preemption) as for the preemption notice;
+    requeueing a cancelled job would bring it back to life."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:  # local processes: no requeue to ask for
+        return False
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True)
+    return "JobState=RUNNING" in out.stdout
+
+
+@dataclass
+class StageJob:
+    """The submitted callable: trains one stage (one sweep point) inside a SLURM job."""
+
+    stage: str
+    sources: list[str]  # absolute YAML paths, the stage's own first
+    overrides: list[str]
+    output_dir: str
+    processes: int  # in the whole job
+
+    def __call__(self) -> dict:
+        # The trainer installs its own SIGUSR1/SIGTERM handlers; submitit's come back afterwards.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+        try:
+            result = self._train_here() if self.processes == 1 else self._train_per_node()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        if result["exit_code"] == REQUEUE_EXIT_CODE and still_running():
+            # submitit's handler calls checkpoint() and requeues (rank 0 only), then exits.
+            signal.raise_signal(signal.SIGUSR1)
+        if result["exit_code"] != 0:
+            raise RuntimeError(f"stage {self.stage} failed with exit status "
+                               f"{result['exit_code']}; see the job's log")
+        return result
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on preemption: the same job again, resuming from its checkpoint."""
+        return submitit.helpers.DelayedSubmission(self)  # train.resume=latest is in overrides
+
+    def _train_here(self) -> dict:
+        from pipeline.train import configure_logging, run  # imports torch: only inside the job
+
+        configure_logging()  # as `python pipeline/train.py` logs (its main() is not called here)
+        os.chdir(REPO)
+        return run(self.sources, self.overrides)
+
+    def _train_per_node(self) -> dict:
+        # Every process of the step gets SLURM's signals: note USR1 here and let the trainers
+        # stop; their 124 reaches us through `accelerate launch` as a plain failure.
+        stopped = []
+        signal.signal(signal.SIGUSR1, lambda signum, frame: stopped.append(signum))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        command = ["bash", str(REPO / "slurm" / "node.sh"), "pipeline/train.py", *self.sources,
+                   *self.overrides]
+        # `accelerate` from this interpreter's environment, activated or not
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        status = subprocess.run(command, cwd=REPO, env={**os.environ, "PATH": path}).returncode
+        if stopped and status != 0:
+            status = REQUEUE_EXIT_CODE
+        return {"exit_code": status, "output_dir": self.output_dir}
+
+
+def sweep_points(specs: list[str]) -> list[list[str]]:
+    """['a=1,2', 'b=x'] -> [['a=1', 'b=x'], ['a=2', 'b=x']] (the product; [[]] for no sweep)."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--sweep '{spec}' is not key=v1,v2,...")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(point) for point in itertools.product(*axes)]
+
+
+def stage_jobs(stage: str, files: list[str], overrides: list[str], points: list[list[str]],
+               edge_dirs: Optional[list[str]], processes: int) -> list[StageJob]:
+    """One StageJob per sweep point; the config is loaded here so a bad one fails before sbatch."""
+    sources = [str(REPO / "configs" / "stage" / f"{stage}.yaml"), *files]
+    jobs = []
+    for i, point in enumerate(points):
+        extra = list(point)
+        if edge_dirs is not None:
+            extra.append(f"train.edge_checkpoint={edge_dirs[i]}")
+        cfg = load_config(sources, [*overrides, *extra])
+        output_dir = Path(cfg.train.output_dir)
+        if point:  # each sweep point writes its own run
+            output_dir = output_dir / ("sweep-" + "-".join(p.replace("/", "_") for p in point))
+        output_dir = output_dir.resolve()  # the job may start in another directory
+        # a requeued job resumes from its own latest checkpoint (a fresh start when none yet)
+        extra += [f"train.output_dir={output_dir}", "train.resume=latest"]
+        jobs.append(StageJob(stage, sources, [*overrides, *extra], str(output_dir), processes))
+    return jobs
+
+
+def make_executor(args: argparse.Namespace) -> submitit.AutoExecutor:
+    cluster = None if args.cluster == "auto" else args.cluster
+    executor = submitit.AutoExecutor(folder=Path(args.logs).resolve() / "%j", cluster=cluster)
+    params = dict(nodes=args.nodes, tasks_per_node=1, timeout_min=args.time,
+                  slurm_array_parallelism=args.array_parallelism)
+    if args.cpus_per_task:
+        params["cpus_per_task"] = args.cpus_per_task
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    for key in ("partition", "account", "qos"):
+        if getattr(args, key):
+            params[f"slurm_{key}"] = getattr(args, key)
+    executor.update_parameters(**params)
+    return executor
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value",
+                   help="config files (merged in order) and key=value overrides")
+    p.add_argument("--stages", default="texture",
+                   help=f"comma-separated chain of stages ({', '.join(STAGES)}); default texture")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="0: CPU nodes (gloo)")
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--time", type=int, default=2880, help="time limit in minutes")
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="sweep a config key over values (repeatable: the product); job arrays")
+    p.add_argument("--array-parallelism", type=int, default=256,
+                   help="most array tasks running at once")
+    p.add_argument("--logs", default="logs/submitit", help="submitit's job folder root")
+    p.add_argument("--cluster", choices=("auto", "slurm", "local", "debug"), default="auto",
+                   help="auto: slurm when srun is on PATH, else local")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for every job and report its final state (exit 1 if any failed)")
+    args = p.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        p.error(f"--stages: {', '.join(bad) or 'empty'} not in {', '.join(STAGES)}")
+    args.stages = stages
+    if args.nodes < 1 or args.gpus_per_node < 0:
+        p.error("--nodes must be >= 1 and --gpus-per-node >= 0")
+    return args
+
+
+# SLURM states of a job that has not ended yet (accounting may lag the end by a moment).
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED",
+                 "RESIZING", "UNKNOWN"}
+
+
+def final_state(job: submitit.Job, settle_s: float = 60.0) -> str:
+    """Wait for the job to end; its final state (sacct on SLURM, so a cancelled job ends too)."""
+    job.wait()
+    deadline = time.monotonic() + settle_s
+    while True:
+        info = job.get_info(mode="force")  # the cached state may predate the end
+        state = (info.get("State") or info.get("jobState") or "UNKNOWN").split()[0]
+        if state not in ACTIVE_STATES or time.monotonic() > deadline:
+            return state
+        time.sleep(1)
+
+
+def wait_and_report(jobs: list[tuple[str, submitit.Job]]) -> int:
+    failed = 0
+    for stage, job in jobs:
+        state = final_state(job)
+        failed += state not in ("COMPLETED", "FINISHED")  # FINISHED: local processes
+        print(f"{stage}: job {job.job_id} {state}", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    files, overrides = split_args(args.args)
+    files = [str(Path(f).resolve()) for f in files]
+    processes = args.nodes * max(args.gpus_per_node, 1)
+    if args.cluster == "auto" and not shutil.which("srun"):
+        print("srun is not on PATH: running the jobs as local processes", file=sys.stderr)
+    try:
+        points = sweep_points(args.sweep)
+        plan, edge_dirs = [], None
+        for stage in args.stages:
+            jobs = stage_jobs(stage, files, overrides, points, edge_dirs, processes)
+            plan.append((stage, jobs))
+            if stage == "edge":
+                edge_dirs = [job.output_dir for job in jobs]
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    for i, (stage, jobs) in enumerate(plan[1:], 1):
+        earlier = {job.output_dir for job in plan[i - 1][1]}
+        if earlier & {job.output_dir for job in jobs}:
+            sys.exit(f"error: config key 'train.output_dir': stages {plan[i - 1][0]} and {stage} "
+                     "would write to the same directory; keep ${train.stage} in it")
+
+    executor = make_executor(args)
+    submitted: list[tuple[str, submitit.Job]] = []
+    previous: list[submitit.Job] = []
+    for stage, jobs in plan:
+        extra = {}
+        if previous and executor.cluster == "slurm":
+            # kill_on_invalid_dep: if an earlier stage fails, cancel this one instead of leaving
+            # it pending forever
+            extra["slurm_additional_parameters"] = {
+                "dependency": "afterok:" + ":".join(job.job_id for job in previous),
+                "kill_on_invalid_dep": "yes"}
+        elif previous:  # local processes know no dependencies: run the stages in turn
+            for job in previous:
+                job.result()
+        executor.update_parameters(name=f"dina-{stage}", **extra)
+        with executor.batch():
+            handles = [executor.submit(job) for job in jobs]
+        for job, handle in zip(jobs, handles):
+            print(f"{stage}: job {handle.job_id} -> {job.output_dir}  (log: {handle.paths.stdout})")
+            submitted.append((stage, handle))
+        previous = handles
+    if args.wait:
+        sys.exit(wait_and_report(submitted))
+
+
+if __name__ == "__main__":
+    # Run as pipeline.launch rather than __main__, so that pickled jobs name an importable class.
+    from pipeline.launch import main as launch_main
+
+    launch_main()
