@@ -4,6 +4,7 @@ import itertools
 import pytest
 import torch
 
+from pipeline.models.attention import reference
 from pipeline.models.dina import DiNA, na2d, resolve_backend
 
 # flex_attention (ours and natten's) runs eagerly on CPU on purpose: parity, not speed
@@ -84,12 +85,31 @@ def test_reference_matches_nat_definition_with_bias(height, width, kernel_size, 
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
 
 
-def test_reference_gradcheck_with_bias():
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("height,width,kernel_size,dilation", CASES)
+def test_reference_formulations_agree(height, width, kernel_size, dilation, with_bias):
+    """The reference backend switches from dense-masked SDPA to gathering on larger maps; the
+    small maps here run both, so both are held to natten/flex parity."""
+    q, k, v = qkv(height, width)
+    rpb = bias(2, kernel_size) if with_bias else None
+    torch.testing.assert_close(reference.dense(q, k, v, kernel_size, dilation, rpb),
+                               reference.gather(q, k, v, kernel_size, dilation, rpb),
+                               atol=1e-5, rtol=0)
+
+
+def test_reference_picks_dense_on_small_maps_only():
+    q, k, v = qkv(40, 40, heads=1, head_dim=4, batch=1)  # 1,600 tokens: the gather formulation
+    assert 40 * 40 > reference.DENSE_MAX_TOKENS
+    torch.testing.assert_close(na2d(q, k, v, 5, 3, backend="reference"),
+                               reference.dense(q, k, v, 5, 3, None), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("formulation", [reference.dense, reference.gather])
+def test_reference_gradcheck_with_bias(formulation):
     q, k, v = (t.requires_grad_() for t in qkv(7, 6, heads=2, head_dim=3, batch=1,
                                                 dtype=torch.float64))
     rpb = bias(2, 3, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda *t: na2d(*t[:3], 3, 2, t[3], backend="reference"), (q, k, v, rpb))
+    assert torch.autograd.gradcheck(lambda *t: formulation(*t[:3], 3, 2, t[3]), (q, k, v, rpb))
 
 
 def test_dina_clamps_dilation_to_the_map():

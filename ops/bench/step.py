@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 PRESETS = {  # config files + overrides per preset
     "demo": ([str(REPO / "configs/experiment/demo.yaml")], ["loss.perceptual=0.1", "loss.style=250"]),
     "paper": ([], ["data.image_size=256", "data.batch_size=16"]),
+    "tiny": ([str(REPO / "configs/experiment/tiny.yaml")], []),  # dry runs of gpu.sh on CPU
 }
 
 
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--stages", default="edge,texture")
     parser.add_argument("--backends", default=None,
                         help="DiNA backends (default: reference, plus flex on CUDA)")
+    parser.add_argument("--variants", default=None,
+                        help="comma list among dina-<backend>, no-attention, edgeconnect "
+                             "(default: all)")
     parser.add_argument("--precision", default="no", help="comma list of no,bf16,fp16")
     parser.add_argument("--compile", action="store_true", help="torch.compile G and D")
     parser.add_argument("--steps", type=int, default=5)
@@ -134,6 +138,12 @@ def main() -> None:
     backends = (args.backends.split(",") if args.backends
                 else ["reference"] + (["flex"] if args.device == "cuda" else []))
     variants = [f"dina-{b}" for b in backends] + ["no-attention", "edgeconnect"]
+    if args.variants:
+        unknown = set(args.variants.split(",")) - set(variants)
+        if unknown:
+            parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; "
+                         f"choose among {', '.join(variants)}")
+        variants = args.variants.split(",")
     results = []
     for stage in args.stages.split(","):
         for precision in args.precision.split(","):
