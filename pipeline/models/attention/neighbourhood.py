@@ -4,7 +4,7 @@ Along one axis of length L with kernel k and dilation d, the indices split into 
 groups (index % d). A query attends to k consecutive members of its own group, centred on it
 where possible and shifted to stay inside the group at the borders (never zero-padded).
 The relative position bias of a (query, key) pair is indexed by the key's offset from the query
-counted in group members, in [-(k-1), k-1], shifted to [0, 2k-2].
+counted in group members, in [-(k-1), k-1], shifted to [0, 2k-2] (`axis_tables`).
 
 Both backends build per-axis lookup tables from `window_start`: the reference backend gathers
 with `axis_tables`; flex_attention's mask_mod and score_mod read `axis_bounds`.
@@ -35,23 +35,26 @@ def axis_tables(length: int, kernel_size: int, dilation: int,
 
 class AxisBounds(NamedTuple):
     """Per index along one axis, all [L]: its window's first and last key, its dilation group,
-    and its position inside that group."""
+    its position inside that group, and its window's first position inside the group."""
     first: torch.Tensor
     last: torch.Tensor
     group: torch.Tensor
     slot: torch.Tensor
+    start: torch.Tensor
 
     def in_window(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         return (self.first[q] <= kv) & (kv <= self.last[q]) & (self.group[kv] == self.group[q])
 
-    def bias_index(self, q: torch.Tensor, kv: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        """Clamped, so that pairs outside any window (which the mask drops) index in range."""
-        return torch.clamp(self.slot[kv] - self.slot[q] + kernel_size - 1, 0, 2 * kernel_size - 2)
+    def neighbour(self, q: torch.Tensor, kv: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        """kv's position in q's window, 0..k-1; clamped, so that pairs outside any window (which
+        the mask drops) index in range."""
+        return torch.clamp(self.slot[kv] - self.start[q], 0, kernel_size - 1)
 
 
 def axis_bounds(length: int, kernel_size: int, dilation: int,
                 device: torch.device | str = "cpu") -> AxisBounds:
     i = torch.arange(length, device=device)
     group = i % dilation
-    first = group + dilation * window_start(i, length, kernel_size, dilation)
-    return AxisBounds(first, first + dilation * (kernel_size - 1), group, i // dilation)
+    start = window_start(i, length, kernel_size, dilation)
+    first = group + dilation * start
+    return AxisBounds(first, first + dilation * (kernel_size - 1), group, i // dilation, start)
