@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -203,12 +204,12 @@ def test_submitit_sweep_array(shards, env, tmp_path):
                 "checkpoint-00000002").is_dir()
 
 
-def test_submitit_preempted_job_checkpoints_requeues_and_resumes(shards, env, tmp_path):
-    steps, logs = 40, tmp_path / "logs"
+@contextmanager
+def launched_training(shards, env, tmp_path, *overrides):
+    """`launch.py --wait` of a tiny texture run; yields (proc, job_id, job log) once it trains."""
+    logs, job_id = tmp_path / "logs", None
     proc = subprocess.Popen([sys.executable, "pipeline/launch.py", "--logs", str(logs), "--wait",
-                             *tiny(shards, f"train.output_dir={tmp_path}/run",
-                                   f"train.steps={steps}", "train.ckpt_every=1000",
-                                   "train.val_every=1000")],
+                             *tiny(shards, f"train.output_dir={tmp_path}/run", *overrides)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -216,12 +217,20 @@ def test_submitit_preempted_job_checkpoints_requeues_and_resumes(shards, env, tm
         log = logs / job_id / f"{job_id}_0_log.err"
         wait_for(lambda: log.exists() and "stage texture |" in read_log(log), 120,
                  "training to start")  # signal at once: on an idle machine a step is ~0.2 s
+        yield proc, job_id, log
+    finally:
+        proc.kill()
+        if job_id:
+            subprocess.run(["scancel", job_id], capture_output=True)
+
+
+def test_submitit_preempted_job_checkpoints_requeues_and_resumes(shards, env, tmp_path):
+    steps = 40
+    with launched_training(shards, env, tmp_path, f"train.steps={steps}",
+                           "train.ckpt_every=1000", "train.val_every=1000") as (proc, job_id, log):
         # submitit's preemption signal (SUBMITIT_PREEMPT_SIGNAL=USR1, set by launch.py)
         subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
         out, err = proc.communicate(timeout=240)
-    finally:
-        proc.kill()
-        subprocess.run(["scancel", job_id], capture_output=True)
     text = read_log(log)
     assert proc.returncode == 0 and f"texture: job {job_id} COMPLETED" in out, out + err + text
     step = int(re.search(r"stopped at step (\d+) by signal", text).group(1))
@@ -233,26 +242,13 @@ def test_submitit_preempted_job_checkpoints_requeues_and_resumes(shards, env, tm
 
 
 def test_submitit_cancelled_job_is_reported(shards, env, tmp_path):
-    logs = tmp_path / "logs"
-    proc = subprocess.Popen([sys.executable, "pipeline/launch.py", "--logs", str(logs), "--wait",
-                             *tiny(shards, f"train.output_dir={tmp_path}/run",
-                                   "train.steps=100000")],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        job_id = re.match(r"texture: job (\d+)", proc.stdout.readline()).group(1)
-        log = logs / job_id / f"{job_id}_0_log.err"
+    with launched_training(shards, env, tmp_path, "train.steps=100000") as (proc, job_id, log):
         # cancel while training: the trainer then checkpoints on SIGTERM, as on a preemption
-        wait_for(lambda: log.exists() and "stage texture |" in read_log(log), 120,
-                 "training to start")
         subprocess.run(["scancel", job_id], check=True)
         rest, err = proc.communicate(timeout=120)
         # ... but a cancelled job stays cancelled: not requeued once its processes are gone
         wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True,
                                             text=True).stdout.strip(), 90, "the job to leave")
-    finally:
-        proc.kill()
-        subprocess.run(["scancel", job_id], capture_output=True)
     assert proc.returncode == 1, err
     assert re.search(rf"^texture: job {job_id} CANCELLED", rest, re.M), rest + err
     assert job_state(job_id) == "CANCELLED"
