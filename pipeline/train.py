@@ -181,6 +181,20 @@ class Trainer:
                                    "samples")
 
     def fit(self) -> dict:
+        """Train to train.steps (or a stop); the MLflow run is closed whatever happens."""
+        try:
+            exit_code, status = self._loop()
+        except BaseException:
+            self.tracker.close("FAILED")
+            raise
+        self.tracker.close(status)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return {"exit_code": exit_code, "step": self.step, "output_dir": str(self.output_dir),
+                "run_id": self.tracker.run_id}
+
+    def _loop(self) -> tuple[int, str]:
+        """The step loop; returns (exit status, MLflow run status)."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
         step_fn = STEPS[t.stage]
         per_step = cfg.data.batch_size * acc.num_processes * t.grad_accum
@@ -236,20 +250,19 @@ class Trainer:
             if self.step % t.val_every == 0 or self.step == t.steps:
                 self.validate(self.step)
             stop_now = self._stop_agreed()
-            if bad_streak == 0 and (self.step % t.ckpt_every == 0 or self.step == t.steps
-                                    or stop_now):
+            # no checkpoint inside a non-finite streak: resume must start from before it
+            saved = bad_streak == 0 and (self.step % t.ckpt_every == 0 or self.step == t.steps
+                                         or stop_now)
+            if saved:
                 self.save(self.step, "signal" if stop_now else "periodic")
             if stop_now:
-                log.warning("stopped at step %d by signal; checkpoint written, exit %d for "
-                            "requeue", self.step, REQUEUE_EXIT_CODE)
+                log.warning("stopped at step %d by signal (%s); exit %d for requeue", self.step,
+                            "checkpoint written" if saved else "inside a non-finite streak: "
+                            "resume starts from the last checkpoint", REQUEUE_EXIT_CODE)
                 exit_code, status = REQUEUE_EXIT_CODE, "KILLED"
                 break
         bar.close()
-        self.tracker.close(status)
-        acc.wait_for_everyone()
-        acc.end_training()
-        return {"exit_code": exit_code, "step": self.step, "output_dir": str(self.output_dir),
-                "run_id": self.tracker.run_id}
+        return exit_code, status
 
     def _stop_agreed(self) -> bool:
         """A signal may reach one rank only; all stop at the same step or DDP would hang."""

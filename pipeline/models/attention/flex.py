@@ -112,8 +112,11 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
                  + cols.neighbour(col[q_idx], col[kv_idx], kernel_size))
             return score + bias[h, q_idx, j]
 
-    attend = compiled_flex_attention() if (q.is_cuda if compiled is None else compiled) \
-        else flex_attention
+    fused = q.is_cuda if compiled is None else compiled
+    # inside a torch.compile'd model dynamo traces flex_attention into the model's own graph;
+    # a nested compiled function there only adds a boundary
+    attend = (compiled_flex_attention() if fused and not torch.compiler.is_compiling()
+              else flex_attention)
     out = attend(to_kernel(q), to_kernel(k), to_kernel(v), score_mod=score_mod,
                  block_mask=layout.mask)
     out = out.transpose(1, 2)[:, layout.inverse]
