@@ -88,8 +88,11 @@ class Trainer:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         t = cfg.train
+        # cpu=True where no GPU is visible: a multi-process launch then uses gloo on the CPU
+        # (what ACCELERATE_USE_CPU=1 does), so one accelerate config serves both kinds of node
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision,
-                                       gradient_accumulation_steps=t.grad_accum)
+                                       gradient_accumulation_steps=t.grad_accum,
+                                       cpu=not torch.cuda.is_available())
         acc = self.accelerator
         self.stop = StopRequest()  # from here on a signal means "stop cleanly at a step boundary"
         set_seed(t.seed)  # identical initial weights on every rank

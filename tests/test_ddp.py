@@ -5,15 +5,21 @@ import json
 
 import pytest
 
+from conftest import REPO
 from test_faults import harness, only_run
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("stage", ["edge", "texture"])
-def test_two_ranks_end_identical_with_one_mlflow_run(sample_shards, tmp_path, stage):
+@pytest.mark.parametrize("stage, accelerate_config", [
+    ("edge", None),  # accelerate launch --multi_gpu --num_processes 2 ...
+    ("texture", str(REPO / "configs" / "accelerate" / "cpu_ddp.yaml")),  # the README's way
+])
+def test_two_ranks_end_identical_with_one_mlflow_run(sample_shards, tmp_path, stage,
+                                                     accelerate_config):
     proc = harness(sample_shards, tmp_path, "--digest-dir", str(tmp_path / "digests"),
-                   f"train.stage={stage}", "train.steps=3", nprocs=2)
+                   f"train.stage={stage}", "train.steps=3", nprocs=2,
+                   accelerate_config=accelerate_config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stderr
     ranks = [json.loads((tmp_path / "digests" / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import shutil
 import signal
@@ -115,16 +114,18 @@ def test_second_signal_exits_at_once(sample_shards, tmp_path):
     assert "second signal" in err
 
 
-def harness(shards, out, *args, nprocs: int = 1, port: int = 0):
+def harness(shards, out, *args, nprocs: int = 1, accelerate_config: str | None = None):
+    """The trainer through tests/scripts/train_harness.py; with nprocs > 1 under a real
+    `accelerate launch` (command-line flags, or an accelerate config file)."""
     launch = [PYTHON, HARNESS]
-    env = dict(os.environ)
     if nprocs > 1:
-        env["ACCELERATE_USE_CPU"] = "1"
-        launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
-                  "--num_processes", str(nprocs), "--num_machines", "1", "--mixed_precision", "no",
-                  "--main_process_port", str(port or free_port()), HARNESS]
+        topology = (["--config_file", accelerate_config] if accelerate_config else
+                    ["--multi_gpu", "--num_processes", str(nprocs), "--num_machines", "1",
+                     "--mixed_precision", "no"])
+        launch = [str(Path(sys.executable).parent / "accelerate"), "launch", *topology,
+                  "--main_process_port", str(free_port()), HARNESS]
     cmd = [*launch, *args, "--", TINY, *tiny_overrides(shards, out)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def only_run(uri: str):
