@@ -117,12 +117,6 @@ class Tracker:
             with self._lock:
                 self._artifacts.append((str(path), artifact_path))
 
-    def log_text(self, text: str, name: str, artifact_path: Optional[str] = None) -> None:
-        if self.enabled:
-            path = self._staging / name
-            path.write_text(text)
-            self.log_file(path, artifact_path)
-
     def log_image(self, image: np.ndarray, name: str, artifact_path: Optional[str] = None) -> None:
         if self.enabled:
             from PIL import Image
