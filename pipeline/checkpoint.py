@@ -11,6 +11,7 @@ message and the previous one is used.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -98,9 +99,20 @@ def _prune(root: Path, keep: int) -> None:
 
 def verify(path: Path) -> dict:
     """meta.json of a complete checkpoint whose files match it; CheckpointError otherwise."""
-    meta_path = path / "meta.json"
     try:
-        meta = json.loads(meta_path.read_text())
+        stamp = (path / "meta.json").stat().st_mtime_ns
+    except OSError as err:
+        raise CheckpointError(f"{path}: no readable meta.json ({err})") from None
+    return dict(_verified(str(path), stamp))
+
+
+@functools.lru_cache(maxsize=32)
+def _verified(path_str: str, stamp: int) -> dict:
+    """Hashing a checkpoint costs a read of every file: done once per process per checkpoint
+    (resume=latest, then loading it, would otherwise hash it twice)."""
+    path = Path(path_str)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: no readable meta.json ({err})") from None
     if not meta.get("complete"):
@@ -141,13 +153,20 @@ def resolve(path_or_run: str | Path) -> Path:
     return latest
 
 
+def generator_states(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """generators.safetensors split by network: {"g1": state_dict, "g2": state_dict}."""
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path / GENERATORS)).items():
+        name, param = key.split(".", 1)
+        states.setdefault(name, {})[param] = value
+    return states
+
+
 def load_generator_weights(path: Path, name: str, net: nn.Module) -> None:
-    prefix = f"{name}."
-    tensors = {k[len(prefix):]: v for k, v in load_file(str(path / GENERATORS)).items()
-               if k.startswith(prefix)}
-    if not tensors:
+    states = generator_states(path)
+    if name not in states:
         raise CheckpointError(f"{path} holds no '{name}' generator")
-    net.load_state_dict(tensors)
+    net.load_state_dict(states[name])
 
 
 def load_generators(path: str | Path, device: str | torch.device = "cpu"):
@@ -156,11 +175,11 @@ def load_generators(path: str | Path, device: str | torch.device = "cpu"):
 
     ckpt = resolve(path)
     cfg = OmegaConf.load(ckpt / "config.yaml")
-    names = {k.split(".", 1)[0] for k in load_file(str(ckpt / GENERATORS))}
+    states = generator_states(ckpt)
     nets = {}
     for name, cls in (("g1", EdgeGenerator), ("g2", TextureGenerator)):
-        if name in names:
+        if name in states:
             net = cls(cfg.model)
-            load_generator_weights(ckpt, name, net)
+            net.load_state_dict(states[name])
             nets[name] = net.to(device).eval()
     return cfg, nets.get("g1"), nets.get("g2")
