@@ -96,9 +96,12 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.LANCZOS))
 
 
-def read_image(source: Source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """load_image plus the original (width, height) after EXIF orientation."""
-    img = open_image(source, draft_size=size)
+def decode_rgb(source: Source, draft_size: Optional[int] = None
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode, apply EXIF orientation, convert to RGB: (HxWx3 uint8, original (width, height)).
+
+    With draft_size, large JPEGs may decode at a reduced scale (see open_image)."""
+    img = open_image(source, draft_size=draft_size)
     width, height = img.info["header_size"]
     try:
         if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # quarter turns
@@ -109,7 +112,13 @@ def read_image(source: Source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         raise ImageError(f"cannot convert pixels (mode {img.mode}): {err}") from None
     if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
         raise ImageError(f"empty image ({width}x{height})")
-    return resize_rgb(center_square(rgb), size), (width, height)
+    return rgb, (width, height)
+
+
+def read_image(source: Source, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """load_image plus the original (width, height) after EXIF orientation."""
+    rgb, original = decode_rgb(source, draft_size=size)
+    return resize_rgb(center_square(rgb), size), original
 
 
 def load_image(source: Source, size: int) -> np.ndarray:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from pipeline.evaluate import EvaluationError, load_model, model_fill
-from pipeline.images import to_gray
+from pipeline.images import ImageError, decode_rgb, open_image, to_gray
 from pipeline.metrics import to_uint8
 
 GREY_LOW, GREY_HIGH = 32, 223  # a mask pixel outside [0, 32) and (223, 255] is "grey"
@@ -38,28 +38,24 @@ class InpaintError(ValueError):
     """A bad input; the message names it."""
 
 
-def _open(path: str, what: str) -> Image.Image:
+def _decoded(path: str, what: str, decode):
+    """decode(path), with a missing or unreadable file as an InpaintError naming it."""
     if not Path(path).is_file():
         raise InpaintError(f"{what} file not found: {path}")
     try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return decode(path)
+    except ImageError as err:
         raise InpaintError(f"{what} {path} is not a readable image: {err}") from None
-    return ImageOps.exif_transpose(img)
 
 
 def read_rgb(path: str) -> np.ndarray:
     """HxWx3 uint8 at full resolution (EXIF orientation applied, alpha over white)."""
-    img = _open(path, "image")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-    return np.array(img.convert("RGB"))  # a writable copy, for torch.from_numpy
+    return _decoded(path, "image", lambda p: decode_rgb(p)[0])
 
 
 def read_mask(path: str, size_wh: tuple[int, int], invert: bool) -> np.ndarray:
     """HxW bool, True = hole; refuses a size mismatch and non-binary masks (see module doc)."""
-    img = _open(path, "mask")
+    img = _decoded(path, "mask", lambda p: ImageOps.exif_transpose(open_image(p)))
     if img.size != size_wh:
         raise InpaintError(f"mask {path} is {img.size[0]}x{img.size[1]} but the image is "
                            f"{size_wh[0]}x{size_wh[1]}; they must match")
