@@ -126,17 +126,24 @@ class Tracker:
             self.log_file(path, artifact_path)
 
     def close(self, status: str = "FINISHED") -> None:
-        """Flush (bounded wait), end the run, and spill anything left to the fallback file."""
+        """Flush, end the run, and spill anything left to the fallback file. A server that is
+        away at the end gets up to CLOSE_TIMEOUT_S to come back (a restart takes ~10 s)."""
         if not self.enabled:
             return
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
         self._stop.set()
         self._thread.join(CLOSE_TIMEOUT_S)
-        try:
-            self._flush()
-            if self.run_id:
-                self._client.set_terminated(self.run_id, status)
-        except Exception as err:
-            self._note_failure(err)
+        while True:
+            try:
+                self._flush()
+                if self.run_id:
+                    self._client.set_terminated(self.run_id, status)
+                break
+            except Exception as err:
+                self._note_failure(err)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(FLUSH_INTERVAL_S)
         with self._lock:
             left = list(self._metrics)
             self._metrics.clear()
