@@ -6,15 +6,15 @@ import logging
 
 import torch
 from accelerate import Accelerator
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline import checkpoint
 from pipeline.losses import VGGLoss
-from pipeline.models.discriminators import PatchDiscriminator
-from pipeline.models.generators import EdgeGenerator, TextureGenerator
 from pipeline.models.vgg import VGGWeightsError
+from pipeline.networks import NETWORKS, build_network
 from pipeline.optim import build_optimizer
-from pipeline.stages import TRAINED, StepContext
+from pipeline.stage_table import CHECKPOINT_KEY, STAGES
+from pipeline.stages import StepContext
 
 log = logging.getLogger("dina.build")
 
@@ -24,17 +24,11 @@ class SetupError(RuntimeError):
 
 
 def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
-    """The stage's networks; pretrained generators loaded from earlier stages' checkpoints."""
-    stage, nets = cfg.train.stage, {}
-    if stage in ("edge", "joint") or cfg.train.edge_checkpoint:
-        nets["g1"] = EdgeGenerator(cfg.model)
-    if stage != "edge":
-        nets["g2"] = TextureGenerator(cfg.model)
-    if "d1" in TRAINED[stage]:
-        nets["d1"] = PatchDiscriminator(2, cfg.model.d_channels)  # [edge, gray]
-    if "d2" in TRAINED[stage]:
-        nets["d2"] = PatchDiscriminator(3, cfg.model.d_channels)  # RGB
-    for name, source in (("g1", cfg.train.edge_checkpoint), ("g2", cfg.train.texture_checkpoint)):
+    """The stage's networks; a generator whose checkpoint key is set is loaded from it."""
+    sources = {g: OmegaConf.select(cfg, key) for g, key in CHECKPOINT_KEY.items()}
+    wanted = STAGES[cfg.train.stage].networks({g for g, source in sources.items() if source})
+    nets = {name: build_network(name, cfg.model) for name in NETWORKS if name in wanted}
+    for name, source in sources.items():
         if source and name in nets:
             try:
                 path = checkpoint.resolve(source)
@@ -48,7 +42,7 @@ def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
 def build_step_context(cfg: DictConfig, accelerator: Accelerator,
                        nets: dict[str, torch.nn.Module]) -> StepContext:
     """Optimizers and losses for the trained networks; everything moved and wrapped for DDP."""
-    t, trained = cfg.train, TRAINED[cfg.train.stage]
+    t, trained = cfg.train, STAGES[cfg.train.stage].trains
     vgg = None
     if "g2" in trained and (cfg.loss.perceptual or cfg.loss.style):
         try:

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -167,19 +167,3 @@ def load_generator_weights(path: Path, name: str, net: nn.Module) -> None:
     if name not in states:
         raise CheckpointError(f"{path} holds no '{name}' generator")
     net.load_state_dict(states[name])
-
-
-def load_generators(path: str | Path, device: str | torch.device = "cpu"):
-    """(cfg, g1 or None, g2 or None) in eval mode, for evaluation and inference."""
-    from pipeline.models.generators import EdgeGenerator, TextureGenerator
-
-    ckpt = resolve(path)
-    cfg = OmegaConf.load(ckpt / "config.yaml")
-    states = generator_states(ckpt)
-    nets = {}
-    for name, cls in (("g1", EdgeGenerator), ("g2", TextureGenerator)):
-        if name in states:
-            net = cls(cfg.model)
-            net.load_state_dict(states[name])
-            nets[name] = net.to(device).eval()
-    return cfg, nets.get("g1"), nets.get("g2")

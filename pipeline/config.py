@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-STAGES = ("edge", "texture", "edge-texture", "joint")
+from pipeline.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES
+
 BACKENDS = ("auto", "reference", "flex", "natten")
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -103,8 +104,9 @@ class TrainConfig:
     ckpt_every: int = 1000
     ckpt_limit: int = 3  # keep this many newest checkpoints
     resume: Optional[str] = None  # "latest" or a checkpoint path
-    edge_checkpoint: Optional[str] = None  # G1 source for edge-texture and joint
-    texture_checkpoint: Optional[str] = None  # G2 source for joint
+    # where pretrained generators come from (pipeline/stage_table.py: which stage needs which)
+    edge_checkpoint: Optional[str] = None  # G1
+    texture_checkpoint: Optional[str] = None  # G2
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
 
 
@@ -134,7 +136,14 @@ def _describe(err: OmegaConfBaseException) -> str:
 
 
 def load_config(sources: Sequence[str] = (), overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults, then each YAML file in `sources`, then `key=value` overrides."""
+    """Schema defaults, then each YAML file in `sources`, then `key=value` overrides; validated."""
+    cfg = merge_config(sources, overrides)
+    validate(cfg)
+    return cfg
+
+
+def merge_config(sources: Sequence[str] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    """As load_config, without the value checks (for reading a config before it is complete)."""
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
     for source in sources:
@@ -152,7 +161,6 @@ def load_config(sources: Sequence[str] = (), overrides: Sequence[str] = ()) -> D
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
         raise ConfigError(f"override: {_describe(err)}") from None
-    validate(cfg)
     return cfg
 
 
@@ -202,9 +210,11 @@ def validate(cfg: DictConfig) -> None:
                f"of a {d.image_size}px image")
         _check(not (a.bias and a.backend == "natten"), "model.attention.bias",
                "natten has no relative position bias; set bias=false or another backend")
-    if t.stage in ("edge-texture", "joint"):
-        _check(bool(t.edge_checkpoint), "train.edge_checkpoint",
-               f"stage '{t.stage}' needs a trained edge model (an edge-stage checkpoint)")
+    for generator in STAGES[t.stage].needs:
+        key = CHECKPOINT_KEY[generator]
+        _check(bool(OmegaConf.select(cfg, key)), key,
+               f"stage '{t.stage}' needs a trained {GENERATOR_NAMES[generator]} (a checkpoint "
+               f"of a stage that trains it)")
     for key in ("g_lr", "d_lr"):
         _check(cfg.optim[key] > 0, f"optim.{key}", "must be positive")
 

@@ -6,16 +6,15 @@
 Every test image is scored once in every bucket (0-10 % ... 50-60 %), paired with a mask by
 `pipeline.data.eval_pairs`'s fixed rule, so two evaluations see identical inputs. The method
 fills the hole, the output is composited (known pixels kept) and scored with PSNR / SSIM on RGB
-at [0, 255] (pipeline.metrics). Methods: `model` (G1 -> G2 from a checkpoint, edges from Canny
-on the known region as at test time), and two baselines through the same code: `mean` (hole
-filled with the known region's mean colour) and `telea` (OpenCV's cv2.inpaint, Telea).
+at [0, 255] by pipeline.scoring, as training validation is. Methods: `model` (G1 -> G2 from a
+checkpoint, edges from Canny on the known region as at test time, pipeline.inference), and two
+baselines through the same code (pipeline.baselines): `mean` (hole filled with the known
+region's mean colour) and `telea` (OpenCV's cv2.inpaint, Telea).
 
 Writes OUT_DIR/pairs.json (each pair with its scores), metrics.json, table.md, timing.json,
 and with --save-images OUT_DIR/images/<image-stem>__<bucket>.png. Logs the per-bucket metrics
 (psnr/10-20, ...) and the table to a new MLflow evaluation run, nested under the checkpoint's
 training run when meta.json names one (a run per evaluation keeps each table its own row).
-
-Training validation reuses the core: `evaluate(loader, model_fill(g1, g2), device)`.
 """
 from __future__ import annotations
 
@@ -25,112 +24,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import nn
-from tqdm import tqdm
 
-from pipeline.images import canny_edges
-from pipeline.masks import bucket_name
-from pipeline.metrics import BucketMeter, bucket_table, flat_metrics, score_batch, to_uint8
-from pipeline.stages import composite, inpaint
+from pipeline.baselines import BASELINES
+from pipeline.inference import Fill, InferenceError, load_model, model_fill
+from pipeline.metrics import bucket_table, flat_metrics
+from pipeline.scoring import evaluate
 
-# batch (tensors on the device) -> prediction [B,3,H,W] in [0, 1]; evaluate() composites it
-Fill = Callable[[dict], torch.Tensor]
-
-METHODS = ("model", "mean", "telea")
-TELEA_RADIUS = 3  # OpenCV's documented example radius
+METHODS = ("model", *BASELINES)
 
 
 class EvaluationError(RuntimeError):
     """A bad input to evaluation; the message names it."""
 
-
-def _rgb_uint8(image: torch.Tensor) -> list[np.ndarray]:
-    """[B,3,H,W] in [0, 1] -> list of HxWx3 uint8 arrays."""
-    return list(to_uint8(image).permute(0, 2, 3, 1).cpu().numpy())
-
-
-def known_region_edges(batch: dict) -> torch.Tensor:
-    """Canny (σ 2) of each image computed on its known region only, as at test time.
-
-    Eval batches carry the full image's edges; inside the hole those would leak the answer, and
-    even near it a full-image Canny sees hole pixels through its smoothing (EdgeConnect's test
-    path passes the known region to skimage's canny as its mask for this reason).
-    """
-    known = (batch["mask"][:, 0] < 0.5).cpu().numpy()
-    edges = [canny_edges(rgb, known=k) > 0 for rgb, k in zip(_rgb_uint8(batch["image"]), known)]
-    return torch.from_numpy(np.stack(edges)).unsqueeze(1).to(batch["edge"])
-
-
-def model_fill(g1: nn.Module, g2: nn.Module) -> Fill:
-    """G1 completes the known-region edges, G2 fills the hole (pipeline.stages.inpaint)."""
-    def fill(batch: dict) -> torch.Tensor:
-        return inpaint(g1, g2, {**batch, "edge": known_region_edges(batch)})[0]
-    return fill
-
-
-def mean_fill(batch: dict) -> torch.Tensor:
-    """Every hole pixel gets the mean colour of its image's known pixels."""
-    known = 1 - batch["mask"]
-    mean = (batch["image"] * known).sum(dim=(2, 3), keepdim=True) / known.sum(
-        dim=(2, 3), keepdim=True).clamp(min=1)
-    return mean.expand_as(batch["image"])
-
-
-def telea_fill(batch: dict) -> torch.Tensor:
-    """OpenCV's Telea fast-marching inpainting, image by image."""
-    import cv2
-
-    holes = (batch["mask"][:, 0] > 0.5).to(torch.uint8).cpu().numpy()
-    filled = [cv2.inpaint(rgb, hole, TELEA_RADIUS, cv2.INPAINT_TELEA)
-              for rgb, hole in zip(_rgb_uint8(batch["image"]), holes)]
-    out = torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float() / 255
-    return out.to(batch["image"])
-
-
-BASELINES: dict[str, Fill] = {"mean": mean_fill, "telea": telea_fill}
-
-
-def image_filename(key: str, bucket: int) -> str:
-    """`<image-key>__<bucket>.png`; folders in the key become '_'."""
-    return f"{str(key).replace('/', '_')}__{bucket_name(int(bucket))}.png"
-
-
-@torch.no_grad()
-def evaluate(loader, fill: Fill, device: str | torch.device = "cpu",
-             image_dir: Optional[Path] = None, progress: bool = True
-             ) -> tuple[dict, list[dict]]:
-    """Fill, composite and score every eval batch of `loader`.
-
-    Returns (summary, per_image): `BucketMeter.summary()` and one record per image
-    {image_key, mask_key, bucket, hole_ratio, psnr, ssim}. With `image_dir`, every composited
-    output is written there as a PNG.
-    """
-    meter, per_image = BucketMeter(), []
-    if image_dir is not None:
-        image_dir.mkdir(parents=True, exist_ok=True)
-    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        output = composite(fill(batch), batch["image"], batch["mask"])
-        psnr, ssim = score_batch(output, batch["image"])
-        buckets = batch["bucket"].cpu()
-        meter.add(psnr, ssim, buckets)
-        for i, key in enumerate(batch["key"]):
-            per_image.append({"image_key": key, "mask_key": batch["mask_key"][i],
-                              "bucket": bucket_name(int(buckets[i])),
-                              "hole_ratio": float(batch["hole_ratio"][i]),
-                              "psnr": float(psnr[i]), "ssim": float(ssim[i])})
-        if image_dir is not None:
-            for key, b, rgb in zip(batch["key"], buckets, _rgb_uint8(output)):
-                Image.fromarray(rgb).save(image_dir / image_filename(key, b))
-    return meter.summary(), per_image
-
-
-# ---- command line -----------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -175,28 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.per_bucket is not None and args.per_bucket < 1:
         p.error("--per-bucket must be >= 1")
     return args
-
-
-def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str
-               ) -> tuple[nn.Module, nn.Module, dict]:
-    """(g1, g2, info) for inference, info = {path, meta, cfg}; EvaluationError says why not."""
-    from pipeline.checkpoint import CheckpointError, load_generators, resolve
-
-    try:
-        path = resolve(checkpoint)
-        cfg, g1, g2 = load_generators(path, device)
-        if edge_checkpoint:
-            g1 = load_generators(edge_checkpoint, device)[1]
-    except CheckpointError as err:
-        raise EvaluationError(f"checkpoint: {err}") from None
-    if g2 is None:
-        raise EvaluationError(f"{path} is an edge-stage checkpoint (no texture generator G2); "
-                              f"use a texture, edge-texture or joint checkpoint")
-    if g1 is None:
-        raise EvaluationError(f"{path} has no edge generator G1; pass --edge-checkpoint with an "
-                              f"edge-stage checkpoint")
-    meta = json.loads((path / "meta.json").read_text())
-    return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg}
 
 
 def load_method(args: argparse.Namespace) -> tuple[Fill, Optional[dict], int]:
@@ -259,7 +145,7 @@ def main(argv=None) -> None:
             raise EvaluationError(f"no image/mask pairs from --images {args.images} and "
                                   f"--masks {args.masks}")
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
-    except (EvaluationError, FileNotFoundError, ValueError) as err:
+    except (EvaluationError, InferenceError, FileNotFoundError, ValueError) as err:
         sys.exit(f"evaluate.py: error: {err}")
 
     out = Path(args.out)

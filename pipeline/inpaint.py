@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from pipeline.evaluate import EvaluationError, load_model, model_fill
+from pipeline.inference import InferenceError, load_model, model_fill
 from pipeline.images import ImageError, decode_rgb, open_image, to_gray
 from pipeline.metrics import to_uint8
 
@@ -133,7 +133,7 @@ def main(argv=None) -> None:
             raise InpaintError(f"mask {args.mask} has no hole pixels (white = hole; "
                                f"--invert-mask if the holes are black)")
         g1, g2, info = load_model(args.checkpoint, args.edge_checkpoint, args.device)
-    except (InpaintError, EvaluationError) as err:
+    except (InpaintError, InferenceError) as err:
         sys.exit(f"inpaint.py: error: {err}")
 
     size = int(info["cfg"].data.image_size)

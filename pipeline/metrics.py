@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from pipeline.masks import BUCKETS, bucket_name
@@ -107,6 +108,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Float image(s) in [0, 1] -> uint8 in [0, 255], rounded as a PNG writer would store them."""
     return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def uint8_images(batch: torch.Tensor) -> list[np.ndarray]:
+    """[B,3,H,W] in [0, 1] -> list of HxWx3 uint8 arrays (for OpenCV, skimage, PIL)."""
+    return list(to_uint8(batch).permute(0, 2, 3, 1).cpu().numpy())
 
 
 def score_batch(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,5 @@
-"""What one training step of each stage does: D step, then G step.
-
-Stages (paper / EdgeConnect):
-- edge:         G1/D1 learn to complete Canny edge maps.
-- texture:      G2/D2 learn to fill holes from ground-truth edges.
-- edge-texture: G2/D2 learn from the edges a frozen, trained G1 predicts.
-- joint:        G1, D1, G2, D2 fine-tuned end to end (G2's losses reach G1 through its edges).
+"""What one training step of each kind does: D step, then G step (pipeline/stage_table.py says
+which stage takes which kind of step).
 
 Masks are 1 in the hole. Every tensor is NCHW float in [0, 1].
 """
@@ -19,51 +14,11 @@ from accelerate import Accelerator
 from omegaconf import DictConfig
 from torch import nn
 
+from pipeline.inference import complete_edges, composite, edge_inputs, texture_inputs
 from pipeline.losses import (VGGLoss, discriminator_loss, feature_matching_loss,
                              generator_adversarial_loss, hole_weighted_l1)
+from pipeline.stage_table import STAGES
 
-# networks each stage optimises; G1 is also *used* (frozen) by edge-texture and carried by texture
-TRAINED = {
-    "edge": ("g1", "d1"),
-    "texture": ("g2", "d2"),
-    "edge-texture": ("g2", "d2"),
-    "joint": ("g1", "d1", "g2", "d2"),
-}
-
-
-# ---- inputs and outputs shared by training, evaluation and inference -------------------------
-
-def edge_inputs(batch: dict) -> torch.Tensor:
-    """G1 sees the masked grayscale image (holes white, as EdgeConnect), masked edges and the mask."""
-    mask = batch["mask"]
-    gray = batch["gray"] * (1 - mask) + mask
-    return torch.cat([gray, batch["edge"] * (1 - mask), mask], dim=1)
-
-
-def texture_inputs(image: torch.Tensor, edge: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """G2 sees the masked image I*(1-M) and the completed edge map (paper eq. 3)."""
-    return torch.cat([image * (1 - mask), edge], dim=1)
-
-
-def composite(pred: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Prediction in the hole, known pixels kept bit-exact outside it."""
-    return torch.where(mask > 0.5, pred.to(known.dtype), known)
-
-
-def complete_edges(g1: nn.Module, batch: dict) -> torch.Tensor:
-    """C_comp = C_pred in the hole, ground-truth (known-region Canny) edges elsewhere."""
-    return composite(g1(edge_inputs(batch)), batch["edge"], batch["mask"])
-
-
-@torch.no_grad()
-def inpaint(g1: Optional[nn.Module], g2: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test-time path: G1 completes the edges, G2 fills the hole; returns (output, edges)."""
-    edges = complete_edges(g1, batch) if g1 is not None else batch["edge"]
-    output = g2(texture_inputs(batch["image"], edges, batch["mask"]))
-    return composite(output, batch["image"], batch["mask"]), edges
-
-
-# ---- the training step ------------------------------------------------------------------------
 
 @dataclass
 class StepContext:
@@ -169,7 +124,7 @@ def edge_step(ctx: StepContext, batch: dict) -> dict:
 
 
 def texture_step(ctx: StepContext, batch: dict) -> dict:
-    if ctx.stage == "edge-texture":
+    if "g1" in STAGES[ctx.stage].frozen:  # edge-texture: G2 learns from G1's edges
         with torch.no_grad():
             edges = complete_edges(ctx.nets["g1"], batch)
     else:
@@ -196,9 +151,9 @@ def joint_step(ctx: StepContext, batch: dict) -> dict:
     return logs
 
 
-STEPS: dict[str, Callable[[StepContext, dict], dict]] = {
-    "edge": edge_step,
-    "texture": texture_step,
-    "edge-texture": texture_step,
-    "joint": joint_step,
-}
+Step = Callable[[StepContext, dict], dict]
+STEP_KINDS: dict[str, Step] = {"edge": edge_step, "texture": texture_step, "joint": joint_step}
+
+
+def step_function(stage: str) -> Step:
+    return STEP_KINDS[STAGES[stage].step]

@@ -5,7 +5,8 @@
 
 YAML files merge in order, then key=value overrides (see pipeline/config.py for every key).
 Exit status: 0 finished; 2 bad config or set-up; 3 stopped after too many non-finite steps;
-124 stopped by SIGTERM/SIGUSR1 after checkpointing (the SLURM scripts requeue on it).
+124 stopped by SIGTERM/SIGUSR1 after checkpointing (the SLURM scripts requeue on it); the codes
+are defined in pipeline/exit_codes.py.
 """
 from __future__ import annotations
 
@@ -25,21 +26,19 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from pipeline import checkpoint
+from pipeline import checkpoint, exit_codes
+from pipeline.build import SetupError, build_networks, build_step_context
 from pipeline.config import ConfigError, load_config, split_args, to_yaml
 from pipeline.data import DataError, eval_loader, eval_pairs, train_loader
-from pipeline.build import SetupError, build_networks, build_step_context
-from pipeline.evaluate import known_region_edges
-from pipeline.metrics import BucketMeter, flat_metrics, score_batch
+from pipeline.inference import complete_edges, inpaint, known_region_edges
+from pipeline.metrics import flat_metrics
 from pipeline.models.dina import resolve_backend
-from pipeline.stages import STEPS, TRAINED, complete_edges, inpaint
+from pipeline.scoring import evaluate
+from pipeline.stage_table import STAGES
+from pipeline.stages import step_function
 from pipeline.tracking import Tracker
 
 log = logging.getLogger("dina.train")
-
-REQUEUE_EXIT_CODE = 124
-NONFINITE_EXIT_CODE = 3
-SETUP_EXIT_CODE = 2
 
 
 class StopRequest:
@@ -101,7 +100,7 @@ class Trainer:
         n_params = sum(p.numel() for n in nets.values() for p in n.parameters())
         # weights + Ranger21's moments/lookahead (~4 copies), per kept checkpoint, plus one in flight
         check_output_dir(self.output_dir, n_params * 4 * 5 * (t.ckpt_limit + 1))
-        self.trained = TRAINED[t.stage]
+        self.trained = STAGES[t.stage].trains
         self.ctx = build_step_context(cfg, acc, nets)
         self.step = 0
         run_id = self._resume()
@@ -174,9 +173,10 @@ class Trainer:
             output = batch["image"] * (1 - batch["mask"])
         else:
             output, edges = inpaint(g1, g2, batch)
-            meter = BucketMeter()
-            meter.add(*score_batch(output, batch["image"]), batch["bucket"])
-            self.tracker.log_metrics(flat_metrics(meter.summary(), "val/"), step)
+            # scored by evaluate.py's core: the output is the fill of the one validation batch
+            summary, _ = evaluate([batch], lambda _: output, self.accelerator.device,
+                                  progress=False)
+            self.tracker.log_metrics(flat_metrics(summary, "val/"), step)
         for name in self.trained:
             nets[name].train()
         if self.cfg.tracking.log_images:
@@ -199,7 +199,7 @@ class Trainer:
     def _loop(self) -> tuple[int, str]:
         """The step loop; returns (exit status, MLflow run status)."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        step_fn = STEPS[t.stage]
+        step_fn = step_function(t.stage)
         per_step = cfg.data.batch_size * acc.num_processes * t.grad_accum
         batches = iter(self.loader)
         bad_streak, bad_total, first_bad = 0, 0, None
@@ -238,7 +238,7 @@ class Trainer:
                               "updates were never applied). Lower the learning rates or check "
                               "the data, then resume from it.", bad_streak, first_bad, path,
                               first_bad)
-                    exit_code, status = NONFINITE_EXIT_CODE, "FAILED"
+                    exit_code, status = exit_codes.NONFINITE, "FAILED"
                     break
             if self.step % t.log_every == 0 and window:
                 elapsed = time.perf_counter() - window_start
@@ -261,8 +261,8 @@ class Trainer:
             if stop_now:
                 log.warning("stopped at step %d by signal (%s); exit %d for requeue", self.step,
                             "checkpoint written" if saved else "inside a non-finite streak: "
-                            "resume starts from the last checkpoint", REQUEUE_EXIT_CODE)
-                exit_code, status = REQUEUE_EXIT_CODE, "KILLED"
+                            "resume starts from the last checkpoint", exit_codes.REQUEUE)
+                exit_code, status = exit_codes.REQUEUE, "KILLED"
                 break
         bar.close()
         return exit_code, status
@@ -293,14 +293,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
-        sys.exit(0 if args else SETUP_EXIT_CODE)
+        sys.exit(0 if args else exit_codes.SETUP)
     configure_logging()
     files, overrides = split_args(args)
     try:
         result = run(files, overrides)
     except (ConfigError, SetupError, DataError, checkpoint.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(SETUP_EXIT_CODE)
+        sys.exit(exit_codes.SETUP)
     sys.exit(result["exit_code"])
 
 

@@ -10,7 +10,8 @@ from accelerate import Accelerator
 from conftest import TINY, reset_accelerate
 from pipeline.checkpoint import save
 from pipeline.config import load_config
-from pipeline.models.generators import EdgeGenerator, TextureGenerator
+from pipeline.networks import build_network
+from pipeline.stage_table import STAGES
 
 
 def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...] = ("g1", "g2"),
@@ -18,11 +19,10 @@ def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...]
                     seed: int = 0) -> Path:
     """A checkpoint dir written by pipeline.checkpoint.save: tiny preset (32 px), seeded weights."""
     overrides = [f"train.stage={stage}", f"train.output_dir={out}"]
-    if stage in ("edge-texture", "joint"):
-        overrides.append("train.edge_checkpoint=unused-by-evaluation")
+    overrides += [f"{key}=unused-by-evaluation" for key in STAGES[stage].required_checkpoints]
     cfg = load_config([TINY], overrides)
     torch.manual_seed(seed)
-    nets = {"g1": EdgeGenerator(cfg.model), "g2": TextureGenerator(cfg.model)}
+    nets = {name: build_network(name, cfg.model) for name in ("g1", "g2")}
     reset_accelerate()
     try:
         return save(Accelerator(cpu=True), str(out), 1, cfg,

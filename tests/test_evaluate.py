@@ -12,7 +12,8 @@ from PIL import Image
 
 from eval_helpers import make_checkpoint
 from pipeline.data import eval_loader, eval_pairs
-from pipeline.evaluate import evaluate, mean_fill, telea_fill
+from pipeline.baselines import mean_fill, telea_fill
+from pipeline.scoring import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKETS = ["0-10", "10-20", "20-30", "30-40", "40-50", "50-60"]

@@ -9,7 +9,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipeline.metrics import (BucketMeter, bucket_table, flat_metrics, psnr, score_batch, ssim,
                               summary_from_flat)
-from pipeline.stages import composite
+from pipeline.inference import composite
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:

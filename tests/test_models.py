@@ -5,8 +5,8 @@ from torch import nn
 
 from pipeline.config import load_config
 from pipeline.models.discriminators import PatchDiscriminator
-from pipeline.models.generators import EdgeGenerator, TextureGenerator
 from pipeline.models.vgg import OUTPUTS, VGG19Features, VGGWeightsError
+from pipeline.networks import build_network
 
 TINY = ["model.channels=8", "model.attention.heads=2", "model.attention.kernel_size=3",
         "model.blocks=2", "model.attention.dilations=[1,2]", "data.image_size=32"]
@@ -51,7 +51,7 @@ def test_paper_width_shapes_and_parameter_counts(attention):
     cfg = load_config(overrides=[f"model.attention.enabled={attention}"]).model
     attn = cfg.attention
     assert (cfg.channels, cfg.blocks, attn.heads, attn.kernel_size) == (64, 8, 8, 7)
-    g1, g2 = EdgeGenerator(cfg), TextureGenerator(cfg)
+    g1, g2 = build_network("g1", cfg), build_network("g2", cfg)
     d1, d2 = PatchDiscriminator(2, cfg.d_channels), PatchDiscriminator(3, cfg.d_channels)
     assert n_params(g1) == generator_params(cfg, 3, 1, block_conv_bias=False)
     assert n_params(g2) == generator_params(cfg, 4, 3, block_conv_bias=True)
@@ -74,7 +74,7 @@ def test_paper_width_shapes_and_parameter_counts(attention):
 def test_tiny_models_train():
     torch.manual_seed(0)
     cfg = load_config(overrides=TINY).model
-    g1, g2, d1 = EdgeGenerator(cfg), TextureGenerator(cfg), PatchDiscriminator(2, width=8)
+    g1, g2, d1 = build_network("g1", cfg), build_network("g2", cfg), PatchDiscriminator(2, width=8)
     edges = g1(torch.rand(2, 3, 32, 32))
     rgb = g2(torch.cat([torch.rand(2, 3, 32, 32), edges], 1))
     assert edges.shape == (2, 1, 32, 32) and 0 < edges.min() and edges.max() < 1
@@ -88,7 +88,7 @@ def test_tiny_models_train():
 
 def test_init_is_normal_with_configured_gain():
     cfg = load_config(overrides=TINY + ["model.init_gain=0.05", "model.channels=32"]).model
-    weight = TextureGenerator(cfg).blocks[0].body[1].weight
+    weight = build_network("g2", cfg).blocks[0].body[1].weight
     assert abs(weight.std().item() - 0.05) < 0.005 and abs(weight.mean().item()) < 0.005
 
 

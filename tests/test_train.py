@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import PYTHON, REPO, TINY, reset_accelerate, tiny_overrides
 from pipeline import checkpoint
+from pipeline.inference import load_generators
 from pipeline.train import run
 
 TRAIN = str(REPO / "pipeline" / "train.py")
@@ -43,7 +44,7 @@ def test_stages_chain_edge_texture_joint(sample_shards, tmp_path, fresh_accelera
             overrides["train.texture_checkpoint"] = results["texture"]["output_dir"]
         results[stage] = run([TINY], tiny_overrides(sample_shards, tmp_path / stage, **overrides))
         assert results[stage]["exit_code"] == 0
-        cfg, g1, g2 = checkpoint.load_generators(results[stage]["output_dir"])
+        cfg, g1, g2 = load_generators(results[stage]["output_dir"])
         assert g1 is not None and g2 is not None, f"{stage} checkpoint must hold both generators"
         assert cfg.train.stage == stage
     meta = json.loads((checkpoint.find_latest(edge_dir) / "meta.json").read_text())

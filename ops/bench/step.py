@@ -27,7 +27,7 @@ from pipeline.build import build_networks, build_step_context
 from pipeline.config import load_config
 from pipeline.masks import generate_mask
 from pipeline.models.dina import resolve_backend
-from pipeline.stages import STEPS
+from pipeline.stages import step_function
 
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = {  # config files + overrides per preset
@@ -72,7 +72,7 @@ def measure(preset: str, stage: str, variant: str, precision: str, device: str, 
     acc = Accelerator(mixed_precision=precision, cpu=device == "cpu")
     torch.manual_seed(0)
     ctx = build_step_context(cfg, acc, build_networks(cfg))
-    step = STEPS[stage]
+    step = step_function(stage)
     batch = synthetic_batch(cfg.data.batch_size, cfg.data.image_size, acc.device)
     cuda = acc.device.type == "cuda"
 

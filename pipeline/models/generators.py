@@ -1,10 +1,13 @@
 """EdgeConnect-shaped generators with a DiNA module in every residual block.
 
 encoder: reflect pad 3, conv 7x7 -> c, conv 4x4 s2 -> 2c, conv 4x4 s2 -> 4c (IN, ReLU each);
-residual attention network: `blocks` ResidualBlocks at 4c, DiNA dilations from the config;
+residual attention network: `blocks` ResidualBlocks at 4c, block i with DiNA at dilations[i];
 decoder: transposed conv 4x4 s2 -> 2c, -> c (IN, ReLU), reflect pad 3, conv 7x7 -> output.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -22,25 +25,52 @@ def _up(c_in: int, c_out: int) -> list[nn.Module]:
             nn.ReLU()]
 
 
+@dataclass(frozen=True)
+class AttentionSpec:
+    """The DiNA module of every residual block."""
+
+    heads: int
+    kernel_size: int
+    dilations: tuple[int, ...]  # one per residual block
+    bias: bool  # relative position bias
+    backend: str  # auto | reference | flex | natten
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Widths and depth shared by G1 and G2 (their in/out channels are their own)."""
+
+    channels: int = 64  # encoder widths: channels, 2x, 4x
+    blocks: int = 8  # residual blocks
+    attention: Optional[AttentionSpec] = None  # None: residual blocks without DiNA
+    init_gain: float = 0.02
+
+    def __post_init__(self):
+        if self.attention is not None and len(self.attention.dilations) != self.blocks:
+            raise ValueError(f"{self.blocks} blocks need as many dilations, got "
+                             f"{self.attention.dilations}")
+
+
 class Generator(nn.Module):
     """Encoder, residual attention network, decoder; `forward` returns the pre-activation map.
 
     spectral_norm=True (G1, as EdgeConnect) normalises every conv except the output conv."""
 
-    def __init__(self, model_cfg, in_channels: int, out_channels: int, spectral_norm: bool):
+    def __init__(self, spec: GeneratorSpec, in_channels: int, out_channels: int,
+                 spectral_norm: bool):
         super().__init__()
-        c, attn = model_cfg.channels, model_cfg.attention
+        c, attn = spec.channels, spec.attention
         self.encoder = nn.Sequential(
             nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c, 7), nn.InstanceNorm2d(c), nn.ReLU(),
             *_down(c, 2 * c), *_down(2 * c, 4 * c))
         self.blocks = nn.Sequential(*[
             ResidualBlock(4 * c, conv_bias=not spectral_norm,
                           attention=DiNA(4 * c, attn.heads, attn.kernel_size, attn.dilations[i],
-                                         attn.bias, attn.backend) if attn.enabled else None)
-            for i in range(model_cfg.blocks)])
+                                         attn.bias, attn.backend) if attn else None)
+            for i in range(spec.blocks)])
         self.decoder = nn.Sequential(*_up(4 * c, 2 * c), *_up(2 * c, c), nn.ReflectionPad2d(3))
         self.head = nn.Conv2d(c, out_channels, 7)
-        init_normal(self, model_cfg.init_gain)
+        init_normal(self, spec.init_gain)
         if spectral_norm:
             for part in (self.encoder, self.blocks, self.decoder):
                 spectral_norm_convs(part)
@@ -52,8 +82,8 @@ class Generator(nn.Module):
 class EdgeGenerator(Generator):
     """G1: [masked gray, masked edges, mask] (3 ch) -> edge probability map (1 ch)."""
 
-    def __init__(self, model_cfg):
-        super().__init__(model_cfg, in_channels=3, out_channels=1, spectral_norm=True)
+    def __init__(self, spec: GeneratorSpec):
+        super().__init__(spec, in_channels=3, out_channels=1, spectral_norm=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(super().forward(x))
@@ -62,8 +92,8 @@ class EdgeGenerator(Generator):
 class TextureGenerator(Generator):
     """G2: [masked RGB, composite edges] (4 ch) -> RGB in [0, 1] via (tanh + 1) / 2."""
 
-    def __init__(self, model_cfg):
-        super().__init__(model_cfg, in_channels=4, out_channels=3, spectral_norm=False)
+    def __init__(self, spec: GeneratorSpec):
+        super().__init__(spec, in_channels=4, out_channels=3, spectral_norm=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (torch.tanh(super().forward(x)) + 1) / 2

@@ -1,0 +1,32 @@
+"""Baseline fill methods, scored through the same code as the model (pipeline/scoring.py)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.inference import Fill
+from pipeline.metrics import uint8_images
+
+TELEA_RADIUS = 3  # OpenCV's documented example radius
+
+
+def mean_fill(batch: dict) -> torch.Tensor:
+    """Every hole pixel gets the mean colour of its image's known pixels."""
+    known = 1 - batch["mask"]
+    mean = (batch["image"] * known).sum(dim=(2, 3), keepdim=True) / known.sum(
+        dim=(2, 3), keepdim=True).clamp(min=1)
+    return mean.expand_as(batch["image"])
+
+
+def telea_fill(batch: dict) -> torch.Tensor:
+    """OpenCV's Telea fast-marching inpainting, image by image."""
+    import cv2  # imported here: only this baseline needs OpenCV
+
+    holes = (batch["mask"][:, 0] > 0.5).to(torch.uint8).cpu().numpy()
+    filled = [cv2.inpaint(rgb, hole, TELEA_RADIUS, cv2.INPAINT_TELEA)
+              for rgb, hole in zip(uint8_images(batch["image"]), holes)]
+    out = torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float() / 255
+    return out.to(batch["image"])
+
+
+BASELINES: dict[str, Fill] = {"mean": mean_fill, "telea": telea_fill}

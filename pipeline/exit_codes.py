@@ -1,0 +1,17 @@
+"""Exit statuses of the training commands, and when a stopped trainer is to be requeued.
+
+Read by pipeline/train.py and pipeline/launch.py, and by slurm/common.sh through `python -c`, so
+the shell and Python sides cannot drift apart.
+"""
+from __future__ import annotations
+
+SETUP = 2  # bad config, input or set-up; the one-line message names the key or file
+NONFINITE = 3  # stopped after too many consecutive non-finite steps
+REQUEUE = 124  # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: requeue and resume
+
+
+def stopped_for_requeue(status: int, stop_requested: bool) -> bool:
+    """Whether a trainer (or the launcher around it) ended to be requeued: it says so with
+    REQUEUE, or a stop was requested and it exited non-zero (`accelerate launch` reports any
+    worker's status as 1, so the 124 itself may not arrive)."""
+    return status == REQUEUE or (stop_requested and status != 0)

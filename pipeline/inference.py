@@ -1,0 +1,111 @@
+"""The model's contract, shared by training, validation, evaluation and inference: what G1 and G2
+see, how their outputs are composited, the test-time path G1 -> G2 -> composite with edges from
+the known region only, and loading the generators of a checkpoint.
+
+Masks are 1 in the hole. Every tensor is NCHW float in [0, 1].
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pipeline.checkpoint import CheckpointError, generator_states, resolve
+from pipeline.images import canny_edges
+from pipeline.metrics import uint8_images
+from pipeline.networks import build_network
+
+# batch (tensors on the device) -> prediction [B,3,H,W] in [0, 1], to be composited
+Fill = Callable[[dict], torch.Tensor]
+
+
+class InferenceError(RuntimeError):
+    """A checkpoint that cannot inpaint; the message says why."""
+
+
+def edge_inputs(batch: dict) -> torch.Tensor:
+    """G1 sees the masked grayscale image (holes white, as EdgeConnect), masked edges and the mask."""
+    mask = batch["mask"]
+    gray = batch["gray"] * (1 - mask) + mask
+    return torch.cat([gray, batch["edge"] * (1 - mask), mask], dim=1)
+
+
+def texture_inputs(image: torch.Tensor, edge: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G2 sees the masked image I*(1-M) and the completed edge map (paper eq. 3)."""
+    return torch.cat([image * (1 - mask), edge], dim=1)
+
+
+def composite(pred: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Prediction in the hole, known pixels kept bit-exact outside it."""
+    return torch.where(mask > 0.5, pred.to(known.dtype), known)
+
+
+def complete_edges(g1: nn.Module, batch: dict) -> torch.Tensor:
+    """C_comp = C_pred in the hole, the batch's (known-region) edges elsewhere."""
+    return composite(g1(edge_inputs(batch)), batch["edge"], batch["mask"])
+
+
+def known_region_edges(batch: dict) -> torch.Tensor:
+    """Canny (σ 2) of each image computed on its known region only, as at test time.
+
+    Eval batches carry the full image's edges; inside the hole those would leak the answer, and
+    even near it a full-image Canny sees hole pixels through its smoothing (EdgeConnect's test
+    path passes the known region to skimage's canny as its mask for this reason).
+    """
+    known = (batch["mask"][:, 0] < 0.5).cpu().numpy()
+    edges = [canny_edges(rgb, known=k) > 0 for rgb, k in zip(uint8_images(batch["image"]), known)]
+    return torch.from_numpy(np.stack(edges)).unsqueeze(1).to(batch["edge"])
+
+
+@torch.no_grad()
+def inpaint(g1: Optional[nn.Module], g2: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """G1 completes the batch's edges (kept as they are without G1), G2 fills the hole; returns
+    (composited output, edges)."""
+    edges = complete_edges(g1, batch) if g1 is not None else batch["edge"]
+    output = g2(texture_inputs(batch["image"], edges, batch["mask"]))
+    return composite(output, batch["image"], batch["mask"]), edges
+
+
+def model_fill(g1: nn.Module, g2: nn.Module) -> Fill:
+    """The test-time fill: edges from the known region, then G1 -> G2."""
+    def fill(batch: dict) -> torch.Tensor:
+        return inpaint(g1, g2, {**batch, "edge": known_region_edges(batch)})[0]
+    return fill
+
+
+def load_generators(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[DictConfig, Optional[nn.Module], Optional[nn.Module]]:
+    """(cfg, g1 or None, g2 or None) of a checkpoint (or a run dir's latest), in eval mode."""
+    ckpt = resolve(path)
+    cfg = OmegaConf.load(ckpt / "config.yaml")
+    nets = {}
+    for name, state in generator_states(ckpt).items():
+        nets[name] = build_network(name, cfg.model)
+        nets[name].load_state_dict(state)
+        nets[name].to(device).eval()
+    return cfg, nets.get("g1"), nets.get("g2")
+
+
+def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str
+               ) -> tuple[nn.Module, nn.Module, dict]:
+    """(g1, g2, info) for inference, info = {path, meta, cfg}; InferenceError says why not."""
+    try:
+        path = resolve(checkpoint)
+        cfg, g1, g2 = load_generators(path, device)
+        if edge_checkpoint:
+            g1 = load_generators(edge_checkpoint, device)[1]
+    except CheckpointError as err:
+        raise InferenceError(f"checkpoint: {err}") from None
+    if g2 is None:
+        raise InferenceError(f"{path} is an edge-stage checkpoint (no texture generator G2); "
+                             f"use a texture, edge-texture or joint checkpoint")
+    if g1 is None:
+        raise InferenceError(f"{path} has no edge generator G1; pass --edge-checkpoint with an "
+                             f"edge-stage checkpoint")
+    meta = json.loads((path / "meta.json").read_text())
+    return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg}
