@@ -6,16 +6,24 @@
 
 Each stage trains `configs/stage/<stage>.yaml` + the given YAML files + the overrides (as
 pipeline/train.py). A chain runs its stages in order, each starting only after the previous one
-succeeded (`afterok`), and a stage after `edge` gets train.edge_checkpoint=<the edge output dir>.
+succeeded (`afterok`), and each stage gets the checkpoint of every generator it needs or carries
+(pipeline/stage_table.py) from the latest earlier stage that trains it: in edge,texture,joint the
+joint stage gets train.edge_checkpoint=<edge dir> and train.texture_checkpoint=<texture dir>. A
+stage that needs a generator neither the chain nor the config provides is refused before anything
+is submitted.
 `--sweep key=v1,v2` (repeatable: the product of all) submits each stage as a job array, one task
 per point, each with its own output dir. The cluster comes from the environment: SLURM when
 `srun` is on PATH, else local processes. Options mirror slurm/*.sbatch.
 
-How a job trains: one process in all (1 node, at most 1 GPU) calls pipeline.train.run() inside
-the submitit job itself; more, and every node runs slurm/node.sh (one `accelerate launch` per
-node, as the sbatch scripts do). Preemption and time limits: SLURM sends SIGUSR1 to the job; the
-trainers checkpoint and stop, then submitit's own handler calls StageJob.checkpoint() and
-requeues the job, which resumes with train.resume=latest (every job passes it anyway).
+How a job trains: one process in all (1 node, at most 1 GPU) runs `python pipeline/train.py`;
+more, and every node runs slurm/node.sh (one `accelerate launch` per node, as the sbatch scripts
+do). Preemption and time limits: SLURM sends SIGUSR1 to the job; the trainers checkpoint and
+stop, then submitit's own handler calls StageJob.checkpoint() and requeues the job, which resumes
+with train.resume=latest (every job passes it anyway). Without SLURM the jobs are local
+processes on this machine (one node), run one stage after the other.
+
+Exit status: 0 submitted (with --wait: every job completed); 1 a job failed (--wait, or a local
+chain stopped early); 2 bad arguments or config, nothing submitted.
 """
 from __future__ import annotations
 
@@ -35,10 +43,13 @@ from typing import Optional
 os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
 import submitit  # noqa: E402
 
-from pipeline.config import STAGES, ConfigError, load_config, split_args  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from pipeline import exit_codes  # noqa: E402
+from pipeline.config import ConfigError, load_config, merge_config, split_args  # noqa: E402
+from pipeline.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-REQUEUE_EXIT_CODE = 124  # pipeline/train.py: stopped by a signal after checkpointing
 
 
 def still_running() -> bool:
@@ -63,46 +74,38 @@ class StageJob:
     processes: int  # in the whole job
 
     def __call__(self) -> dict:
-        # The trainer installs its own SIGUSR1/SIGTERM handlers; submitit's come back afterwards.
+        # Every process of the job gets SLURM's signals: note USR1 here and let the trainers stop
+        # (they install their own handlers); submitit's handlers come back afterwards.
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+        stopped = []
+        signal.signal(signal.SIGUSR1, lambda signum, frame: stopped.append(signum))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            result = self._train_here() if self.processes == 1 else self._train_per_node()
+            # `python` and `accelerate` from this interpreter's environment, activated or not
+            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+            status = subprocess.run(self.command(), cwd=REPO,
+                                    env={**os.environ, "PATH": path}).returncode
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-        if result["exit_code"] == REQUEUE_EXIT_CODE and still_running():
+        if exit_codes.stopped_for_requeue(status, bool(stopped)) and still_running():
             # submitit's handler calls checkpoint() and requeues (rank 0 only), then exits.
             signal.raise_signal(signal.SIGUSR1)
-        if result["exit_code"] != 0:
-            raise RuntimeError(f"stage {self.stage} failed with exit status "
-                               f"{result['exit_code']}; see the job's log")
-        return result
+        if status != 0:
+            raise RuntimeError(f"stage {self.stage} failed with exit status {status}; see the "
+                               f"job's log")
+        return {"exit_code": status, "output_dir": self.output_dir}
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on preemption: the same job again, resuming from its checkpoint."""
         return submitit.helpers.DelayedSubmission(self)  # train.resume=latest is in overrides
 
-    def _train_here(self) -> dict:
-        from pipeline.train import configure_logging, run  # imports torch: only inside the job
-
-        configure_logging()  # as `python pipeline/train.py` logs (its main() is not called here)
-        os.chdir(REPO)
-        return run(self.sources, self.overrides)
-
-    def _train_per_node(self) -> dict:
-        # Every process of the step gets SLURM's signals: note USR1 here and let the trainers
-        # stop; their 124 reaches us through `accelerate launch` as a plain failure.
-        stopped = []
-        signal.signal(signal.SIGUSR1, lambda signum, frame: stopped.append(signum))
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        command = ["bash", str(REPO / "slurm" / "node.sh"), "pipeline/train.py", *self.sources,
-                   *self.overrides]
-        # `accelerate` from this interpreter's environment, activated or not
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-        status = subprocess.run(command, cwd=REPO, env={**os.environ, "PATH": path}).returncode
-        if stopped and status != 0:
-            status = REQUEUE_EXIT_CODE
-        return {"exit_code": status, "output_dir": self.output_dir}
+    def command(self) -> list[str]:
+        """One trainer here, or one `accelerate launch` per node (slurm/node.sh)."""
+        train = ["pipeline/train.py", *self.sources, *self.overrides]
+        if self.processes == 1:
+            return [sys.executable, *train]
+        return ["bash", str(REPO / "slurm" / "node.sh"), *train]
 
 
 def sweep_points(specs: list[str]) -> list[list[str]]:
@@ -117,23 +120,50 @@ def sweep_points(specs: list[str]) -> list[list[str]]:
 
 
 def stage_jobs(stage: str, files: list[str], overrides: list[str], points: list[list[str]],
-               edge_dirs: Optional[list[str]], processes: int) -> list[StageJob]:
-    """One StageJob per sweep point; the config is loaded here so a bad one fails before sbatch."""
+               from_chain: dict[str, list[str]], processes: int) -> list[StageJob]:
+    """One StageJob per sweep point; the config is loaded here so a bad one fails before sbatch.
+
+    from_chain: generator -> the output dir (per sweep point) of the earlier stage training it."""
     sources = [str(REPO / "configs" / "stage" / f"{stage}.yaml"), *files]
+    wanted = STAGES[stage]
     jobs = []
     for i, point in enumerate(points):
-        extra = list(point)
-        if edge_dirs is not None:
-            extra.append(f"train.edge_checkpoint={edge_dirs[i]}")
-        cfg = load_config(sources, [*overrides, *extra])
+        extra = [f"{CHECKPOINT_KEY[g]}={from_chain[g][i]}"
+                 for g in (*wanted.needs, *wanted.carries) if g in from_chain]
+        given = merge_config(sources, [*overrides, *point])
+        for g in wanted.needs:
+            key = CHECKPOINT_KEY[g]
+            if g not in from_chain and not OmegaConf.select(given, key):
+                trainers = ", ".join(s.name for s in STAGES.values() if g in s.hands_on)
+                raise ConfigError(f"stage {stage} needs {key} (a trained {GENERATOR_NAMES[g]}): "
+                                  f"no earlier stage of the chain trains it; put one of "
+                                  f"{trainers} before {stage} or set {key}=...")
+        cfg = load_config(sources, [*overrides, *point, *extra])
         output_dir = Path(cfg.train.output_dir)
         if point:  # each sweep point writes its own run
             output_dir = output_dir / ("sweep-" + "-".join(p.replace("/", "_") for p in point))
         output_dir = output_dir.resolve()  # the job may start in another directory
         # a requeued job resumes from its own latest checkpoint (a fresh start when none yet)
         extra += [f"train.output_dir={output_dir}", "train.resume=latest"]
-        jobs.append(StageJob(stage, sources, [*overrides, *extra], str(output_dir), processes))
+        jobs.append(StageJob(stage, sources, [*overrides, *point, *extra], str(output_dir),
+                             processes))
     return jobs
+
+
+def plan_chain(stages: list[str], files: list[str], overrides: list[str],
+               points: list[list[str]], processes: int) -> list[tuple[str, list[StageJob]]]:
+    """Every stage's jobs, each taking the generators it needs from earlier stages' outputs;
+    ConfigError for anything that would fail later, before anything is submitted."""
+    plan, from_chain = [], {}
+    for stage in stages:
+        jobs = stage_jobs(stage, files, overrides, points, from_chain, processes)
+        if plan and {j.output_dir for j in plan[-1][1]} & {j.output_dir for j in jobs}:
+            raise ConfigError(f"config key 'train.output_dir': stages {plan[-1][0]} and {stage} "
+                              "would write to the same directory; keep ${train.stage} in it")
+        plan.append((stage, jobs))
+        for generator in STAGES[stage].hands_on:
+            from_chain[generator] = [job.output_dir for job in jobs]
+    return plan
 
 
 def make_executor(args: argparse.Namespace) -> submitit.AutoExecutor:
@@ -195,22 +225,33 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", 
 def final_state(job: submitit.Job, settle_s: float = 60.0) -> str:
     """Wait for the job to end; its final state (sacct on SLURM, so a cancelled job ends too)."""
     job.wait()
+    if not isinstance(job, submitit.SlurmJob):
+        # a local process is FINISHED whatever its outcome; the outcome is in its result file
+        state = job.state
+        return state if state != "FINISHED" else "FAILED" if job.exception() else "COMPLETED"
     deadline = time.monotonic() + settle_s
     while True:
         info = job.get_info(mode="force")  # the cached state may predate the end
-        state = (info.get("State") or info.get("jobState") or "UNKNOWN").split()[0]
+        state = (info.get("State") or "UNKNOWN").split()[0]
         if state not in ACTIVE_STATES or time.monotonic() > deadline:
             return state
         time.sleep(1)
 
 
 def wait_and_report(jobs: list[tuple[str, submitit.Job]]) -> int:
+    """Print every job's final state; 1 if any did not complete."""
     failed = 0
     for stage, job in jobs:
         state = final_state(job)
-        failed += state not in ("COMPLETED", "FINISHED")  # FINISHED: local processes
+        failed += state != "COMPLETED"
         print(f"{stage}: job {job.job_id} {state}", flush=True)
     return 1 if failed else 0
+
+
+def refuse(message: str) -> None:
+    """A set-up mistake: one line, exit 2, nothing submitted."""
+    print(f"launch.py: error: {message}", file=sys.stderr)
+    sys.exit(exit_codes.SETUP)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -218,27 +259,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     files, overrides = split_args(args.args)
     files = [str(Path(f).resolve()) for f in files]
     processes = args.nodes * max(args.gpus_per_node, 1)
-    if args.cluster == "auto" and not shutil.which("srun"):
-        print("srun is not on PATH: running the jobs as local processes", file=sys.stderr)
+    on_slurm = args.cluster == "slurm" or (args.cluster == "auto" and bool(shutil.which("srun")))
+    if not on_slurm and args.nodes > 1:
+        why = "srun is not on PATH" if args.cluster == "auto" else f"--cluster {args.cluster}"
+        refuse(f"--nodes {args.nodes} needs SLURM ({why}); local processes run on this machine "
+               f"only, use --nodes 1")
     try:
-        points = sweep_points(args.sweep)
-        plan, edge_dirs = [], None
-        for stage in args.stages:
-            jobs = stage_jobs(stage, files, overrides, points, edge_dirs, processes)
-            plan.append((stage, jobs))
-            if stage == "edge":
-                edge_dirs = [job.output_dir for job in jobs]
+        plan = plan_chain(args.stages, files, overrides, sweep_points(args.sweep), processes)
     except ConfigError as err:
-        sys.exit(f"error: {err}")
-    for i, (stage, jobs) in enumerate(plan[1:], 1):
-        earlier = {job.output_dir for job in plan[i - 1][1]}
-        if earlier & {job.output_dir for job in jobs}:
-            sys.exit(f"error: config key 'train.output_dir': stages {plan[i - 1][0]} and {stage} "
-                     "would write to the same directory; keep ${train.stage} in it")
+        refuse(str(err))
+    if args.cluster == "auto" and not on_slurm:
+        print("srun is not on PATH: running the jobs as local processes", file=sys.stderr)
 
     executor = make_executor(args)
     submitted: list[tuple[str, submitit.Job]] = []
     previous: list[submitit.Job] = []
+    chain_stopped = False
     for stage, jobs in plan:
         extra = {}
         if previous and executor.cluster == "slurm":
@@ -248,17 +284,22 @@ def main(argv: Optional[list[str]] = None) -> None:
                 "dependency": "afterok:" + ":".join(job.job_id for job in previous),
                 "kill_on_invalid_dep": "yes"}
         elif previous:  # local processes know no dependencies: run the stages in turn
-            for job in previous:
-                job.result()
+            if not all(final_state(job) == "COMPLETED" for job in previous):
+                print(f"{stage}: not submitted, as an earlier stage did not complete",
+                      file=sys.stderr, flush=True)
+                chain_stopped = True
+                break
         executor.update_parameters(name=f"dina-{stage}", **extra)
         with executor.batch():
             handles = [executor.submit(job) for job in jobs]
         for job, handle in zip(jobs, handles):
-            print(f"{stage}: job {handle.job_id} -> {job.output_dir}  (log: {handle.paths.stdout})")
+            print(f"{stage}: job {handle.job_id} -> {job.output_dir}  (log: {handle.paths.stdout})",
+                  flush=True)
             submitted.append((stage, handle))
         previous = handles
-    if args.wait:
-        sys.exit(wait_and_report(submitted))
+    if args.wait or chain_stopped:
+        status = wait_and_report(submitted)
+        sys.exit(1 if chain_stopped else status)
 
 
 if __name__ == "__main__":

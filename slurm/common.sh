@@ -1,22 +1,28 @@
-# Sourced by slurm/*.sbatch in the batch shell after they set DINA_SBATCH_SCRIPT.
+# Sourced in the batch shell (by slurm/stage.sh and slurm/eval.sbatch) after DINA_SBATCH_SCRIPT is set.
 # `dina_run_per_node SCRIPT ARGS...` starts slurm/node.sh once per node with srun (one
 # `accelerate launch` per node) and turns a trainer stop for preemption into a requeue:
 #   - `#SBATCH --signal=B:USR1@120` gives this shell SIGUSR1 120 s before the time limit (as does
 #     `scancel --signal=USR1 --batch JOBID` for a manual preemption); it is forwarded to the
 #     job's steps, where every trainer finishes its step, checkpoints and exits with
-#     REQUEUE_EXIT_CODE;
+#     exit_codes.REQUEUE;
 #   - then `scontrol requeue` puts the job back in the queue, and the next start resumes from the
 #     latest checkpoint (the stage scripts always pass train.resume=latest).
 # SIGTERM (scancel, preemption by SLURM, the time limit itself) reaches the trainers directly;
 # this shell only waits for them to checkpoint and exit, and requeues nothing itself.
 
 set -euo pipefail
-REQUEUE_EXIT_CODE=124  # the trainer's "checkpointed after a stop signal" status
 
 # The spooled copy of the script runs elsewhere: the original's path locates the repo.
 DINA_REPO=$(cd "$(dirname "$DINA_SBATCH_SCRIPT")/.." && pwd)
 cd "$DINA_REPO"
 if [[ -x .venv/bin/accelerate ]]; then export PATH="$DINA_REPO/.venv/bin:$PATH"; fi
+
+# Exit codes and the requeue rule are pipeline/exit_codes.py's, shared with pipeline/launch.py.
+REQUEUE_EXIT_CODE=$(python -c 'from pipeline.exit_codes import REQUEUE; print(REQUEUE)')
+stopped_for_requeue() {  # STATUS STOP_REQUESTED(0/1)
+  python -c 'import sys; from pipeline.exit_codes import stopped_for_requeue as rule
+sys.exit(0 if rule(int(sys.argv[1]), sys.argv[2] == "1") else 1)' "$1" "$2"
+}
 
 dina_log() { echo "[dina-slurm $(date +%T)] $*"; }
 
@@ -42,9 +48,7 @@ dina_run_per_node() {
   done
   trap - USR1 TERM
 
-  # Under `accelerate launch` a trainer's exit status reaches srun as 1 (torchrun reports any
-  # worker failure so), hence "stopped on request": our forwarded USR1 and a non-zero status.
-  if [[ $status == "$REQUEUE_EXIT_CODE" ]] || ((stop_requested && status != 0)); then
+  if stopped_for_requeue "$status" "$stop_requested"; then
     dina_log "trainers stopped for a requeue (status $status): scontrol requeue $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     exit "$REQUEUE_EXIT_CODE"
