@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -74,6 +75,10 @@ class StageJob:
     processes: int  # in the whole job
 
     def __call__(self) -> dict:
+        # submitit's preemption and requeue lines into the job's stderr log too, beside the
+        # trainer's, so that one log tells what happened in order
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
         # Every process of the job gets SLURM's signals: note USR1 here and let the trainers stop
         # (they install their own handlers); submitit's handlers come back afterwards.
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}

@@ -6,8 +6,8 @@ Two formulations of the same op, picked by map size:
           relative position bias inside it). exp(-inf) = 0, so this is the neighbourhood op, not
           an approximation; at a 16x16 map it is several times faster than gathering.
   gather  larger maps: index_select each query's k*k neighbours and attend over them; memory is
-          B*H*W*k*k*C per gathered tensor, so the slow path on GPU (measured on an H200: 16.5 ms vs 1.7 ms
-          for compiled flex at the benchmark shape).
+          B*H*W*k*k*C per gathered tensor, so the slow path on GPU (measured on an H200: 16.5 ms
+          vs 1.7 ms for compiled flex at the benchmark shape).
 """
 from __future__ import annotations
 
