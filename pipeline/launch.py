@@ -66,7 +66,8 @@ def still_running() -> bool:
 
 @dataclass
 class StageJob:
-    """The submitted callable: trains one stage (one sweep point) inside a SLURM job."""
+    """The submitted callable: trains one stage (one sweep point) inside a SLURM job or a local
+    process."""
 
     stage: str
     sources: list[str]  # absolute YAML paths, the stage's own first

@@ -92,6 +92,13 @@ def test_init_is_normal_with_configured_gain():
     assert abs(weight.std().item() - 0.05) < 0.005 and abs(weight.mean().item()) < 0.005
 
 
+def test_discriminators_get_the_configured_init_gain():
+    cfg = load_config(overrides=TINY + ["model.init_gain=0.05", "model.d_channels=32"]).model
+    conv = build_network("d2", cfg).layers[1][0]  # 32 -> 64 channels, 4x4
+    weight = conv.parametrizations.weight.original  # before spectral normalisation
+    assert abs(weight.std().item() - 0.05) < 0.005 and abs(weight.mean().item()) < 0.005
+
+
 def torchvision_vgg19_state(seed=0):
     """A state_dict laid out as torchvision's vgg19() saves it (vgg19-dcbb9e9d.pth), random."""
     gen = torch.Generator().manual_seed(seed)
