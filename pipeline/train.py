@@ -173,7 +173,7 @@ class Trainer:
             output = batch["image"] * (1 - batch["mask"])
         else:
             output, edges = inpaint(g1, g2, batch)
-            # scored by evaluate.py's core: the output is the fill of the one validation batch
+            # scored by the core evaluate.py uses; the output is the fill of the one batch
             summary, _ = evaluate([batch], lambda _: output, self.accelerator.device,
                                   progress=False)
             self.tracker.log_metrics(flat_metrics(summary, "val/"), step)
