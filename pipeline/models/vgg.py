@@ -26,11 +26,12 @@ STAGES = [[64] * 2, [128] * 2, [256] * 4, [512] * 4, [512] * 4]
 OUTPUTS = ("relu1_1", "relu2_1", "relu2_2", "relu3_1", "relu3_4", "relu4_1", "relu4_4",
            "relu5_1", "relu5_2")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # on the 0-255 scale
-# Caffe's VGG was trained on 0-255 pixels; there its perceptual loss is ~100x and its Gram
-# matrices ~10,000x what the paper's 0.1 / 250 weights expect next to L1. Centred pixels in [0, 1]
-# units (a scale of 1/255, the analogue of EdgeConnect's raw [0, 1] input) bring both terms to
-# the order of the L1 term. Mean-free input matters: uncentred pixels inflate the style term
-# by another ~10x at every scale.
+# Caffe's VGG was trained on 0-255 pixels. Fed those, its perceptual loss is ~1,000x and its
+# style loss ~10,000x larger than with centred pixels in [0, 1] units (a scale of 1/255, the same
+# convention as EdgeConnect's raw [0, 1] input), where 0.1 x perceptual is of the order of the L1
+# term. Shrinking the input further buys little: the style loss then falls only ~linearly, as the
+# biases take over what the network sees. Centring matters: uncentred pixels inflate the style
+# loss by another ~10x at every scale.
 CAFFE_INPUT_SCALE = 1 / 255
 
 
