@@ -164,8 +164,12 @@ def split(photos: list[Photo], held_out: float, seed: int) -> tuple[list[Photo],
 def random_crops(photo: Photo, count: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """`count` size x size crops, each at a random scale (the photo's short side from `size` up
     to 4x `size`, or its own size if smaller), so a crop shows a whole object or a texture."""
-    height, width = photo.rgb.shape[:2]
     image = Image.fromarray(photo.rgb)
+    shrink = 4 * size / min(image.size)
+    if shrink < 1:  # once, not per crop: wallpapers come at up to 5K
+        image = image.resize((round(image.width * shrink), round(image.height * shrink)),
+                             Image.BICUBIC)
+    width, height = image.size
     crops = []
     for _ in range(count):
         short = int(rng.integers(size, max(size, min(height, width, 4 * size)) + 1))
