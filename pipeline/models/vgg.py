@@ -26,7 +26,7 @@ STAGES = [[64] * 2, [128] * 2, [256] * 4, [512] * 4, [512] * 4]
 OUTPUTS = ("relu1_1", "relu2_1", "relu2_2", "relu3_1", "relu3_4", "relu4_1", "relu4_4",
            "relu5_1", "relu5_2")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # on the 0-255 scale
-# Caffe's VGG was trained on 0-255 pixels. Fed those, its perceptual loss is ~1,000x and its
+# Caffe's VGG was trained on 0-255 pixels. Fed those, its perceptual loss is ~100x and its
 # style loss ~10,000x larger than with centred pixels in [0, 1] units (a scale of 1/255, the same
 # convention as EdgeConnect's raw [0, 1] input), where 0.1 x perceptual is of the order of the L1
 # term. Shrinking the input further buys little: the style loss then falls only ~linearly, as the
