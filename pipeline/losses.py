@@ -46,17 +46,22 @@ def gram(features: torch.Tensor) -> torch.Tensor:
 class VGGLoss(nn.Module):
     """Perceptual (relu1_1..relu5_1) and style (Gram matrices) losses over frozen VGG19 features.
 
-    EdgeConnect feeds raw [0, 1] images to VGG; so do we, for parity with its published weights.
+    As in EdgeConnect, the perceptual term compares whole images and the style term compares the
+    hole region only (Gram matrices of output*M and target*M), so the known pixels, which the
+    composite replaces anyway, do not dilute the texture statistics of the fill.
     """
 
     def __init__(self, weights: str):
         super().__init__()
         self.vgg = VGG19Features(weights)
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, output: torch.Tensor, target: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out_f = self.vgg(output)
         with torch.no_grad():
             tgt_f = self.vgg(target)
+            tgt_hole = self.vgg(target * mask)
+        out_hole = self.vgg(output * mask)
         perceptual = sum(F.l1_loss(out_f[k], tgt_f[k]) for k in PERCEPTUAL_LAYERS)
-        style = sum(F.l1_loss(gram(out_f[k]), gram(tgt_f[k])) for k in STYLE_LAYERS)
+        style = sum(F.l1_loss(gram(out_hole[k]), gram(tgt_hole[k])) for k in STYLE_LAYERS)
         return perceptual, style

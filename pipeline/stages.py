@@ -108,7 +108,7 @@ def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[
     perceptual = style = torch.zeros((), device=pred.device)
     if ctx.vgg is not None:
         with ctx.accelerator.autocast():  # VGG is not a prepared model, so autocast it here
-            perceptual, style = ctx.vgg(pred, image)
+            perceptual, style = ctx.vgg(pred, image, batch["mask"])
     g_loss = w.l1 * l1 + w.adv_texture * adv + w.perceptual * perceptual + w.style * style
     logs.update({"texture/g_adv": adv, "texture/g_l1": l1, "texture/g_perceptual": perceptual,
                  "texture/g_style": style, "texture/g": g_loss})

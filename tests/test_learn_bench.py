@@ -1,0 +1,88 @@
+"""The learning benchmark (ops/bench/learn.py): its photo split, and a --tiny run end to end."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "ops" / "bench"))
+from photo_pool import Photo, random_crops, split  # noqa: E402
+
+LEARN = REPO / "ops" / "bench" / "learn.py"
+BUCKETS = ("0-10", "10-20", "20-30", "30-40", "40-50", "50-60")
+
+
+def photo(name: str, group: str, side: int = 80) -> Photo:
+    return Photo("test", name, group, np.zeros((side, side + 20, 3), np.uint8))
+
+
+def test_split_keeps_each_scene_on_one_side():
+    photos = [photo(f"p{i}", f"g{i // 2}") for i in range(20)]  # 10 scenes of 2 views
+    train, test = split(photos, held_out=0.3, seed=0)
+    assert len(train) + len(test) == 20
+    assert {p.group for p in train}.isdisjoint({p.group for p in test})
+    assert len({p.group for p in test}) == 3
+    assert split(photos, 0.3, seed=0) == (train, test)  # seeded: the same split every run
+    one_each = split(photos[:4], held_out=0.9, seed=1)  # never empties the training side
+    assert one_each[0] and one_each[1]
+
+
+def test_random_crops_are_the_size_asked():
+    crops = random_crops(photo("a", "a", side=300), 5, 64, np.random.default_rng(0))
+    assert len(crops) == 5 and all(c.shape == (64, 64, 3) for c in crops)
+    small = random_crops(photo("b", "b", side=40), 2, 64, np.random.default_rng(0))
+    assert all(c.shape == (64, 64, 3) for c in small)  # upscaled, never short
+
+
+def test_existing_out_is_refused_and_left_alone(tmp_path):
+    out = tmp_path / "learn"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--out" in proc.stderr
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
+    out = tmp_path / "learn"
+    proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--no-apt", "--out", str(out),
+                           "--tracking-uri", mlflow_server],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("| PSNR | mean |", "| PSNR | telea |", "| PSNR | paper |",
+                "| SSIM | edgeconnect |"):
+        assert row in proc.stdout
+    report = json.loads((out / "learn.json").read_text())
+    pool = report["pool"]
+    assert set(pool["train_photos"]).isdisjoint(pool["test_photos"])
+    # the stereo pair is one scene: both views on the same side
+    assert ("motorcycle_left" in pool["train_photos"]) == ("motorcycle_right" in pool["train_photos"])
+    for method in ("mean", "telea", "paper", "edgeconnect"):
+        for bucket in BUCKETS:
+            assert math.isfinite(report["results"][method][bucket]["psnr"])
+    for recipe in ("paper", "edgeconnect"):
+        assert report["trained"][recipe]["texture"]["steps"] == report["budget"]["texture_steps"]
+        for bucket in BUCKETS:  # validation every 2 of 4 steps
+            assert [step for step, _ in report["curves"][recipe][bucket]] == [2, 4]
+        assert set(report["targets"][recipe]["psnr_gap_to_telea"]) == set(BUCKETS)
+    # the mean-fill baseline is what the pipeline's own evaluation scores it at
+    mean = json.loads((out / "eval" / "mean" / "metrics.json").read_text())
+    assert report["results"]["mean"] == mean
+    assert (out / "curve.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
+
+    client = mlflow.MlflowClient(mlflow_server)
+    bench_id = proc.stdout.strip().splitlines()[-1].split("MLflow run ")[1].split()[0]
+    bench = client.get_run(bench_id)
+    assert bench.data.metrics["paper/psnr/30-40"] == report["results"]["paper"]["30-40"]["psnr"]
+    assert {a.path for a in client.list_artifacts(bench_id)} >= {
+        "learn.json", "table.md", "curve.png", "grid.png"}
+    texture_run = client.get_run(report["trained"]["paper"]["texture"]["run_id"])
+    assert texture_run.data.tags["mlflow.parentRunId"] == bench_id
