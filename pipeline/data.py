@@ -14,7 +14,6 @@ live run but counted during a replay, so a resume that replays over one is shift
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import multiprocessing
@@ -32,9 +31,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from pipeline.images import GRAY_WEIGHTS, canny_edges, center_square, load_image, resize_rgb
+from pipeline.images import (GRAY_WEIGHTS, IMAGE_EXTS, canny_edges, center_square, decode_rgb,
+                             find_inputs, load_image, natural_key, resize_rgb)
 from pipeline.masks import BUCKETS, bucket_name, bucket_of, decode_mask, hole_ratio, load_mask
-from pipeline.shard import IMAGE_EXTS, find_inputs, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +112,13 @@ class SkipCounter:
 
 # ---------------------------------------------------------------------------- decoding
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
-
-
-def decode_edge(data: bytes) -> np.ndarray:
-    # as one channel on purpose: a generic PIL decode would give RGB
-    with Image.open(io.BytesIO(data)) as img:
-        return (np.asarray(img.convert("L")) >= 128).astype(np.uint8)
-
-
 def image_and_edge(image: bytes, edge: Optional[bytes],
                    size: int) -> tuple[np.ndarray, np.ndarray]:
     """Shard bytes -> (rgb uint8, edge {0,1}); shards made at another size are resized and
     their edges recomputed at this size (Canny depends on scale)."""
-    rgb = decode_rgb(image)
+    rgb = decode_rgb(image)[0]
     if rgb.shape[0] == rgb.shape[1] == size and edge is not None:
-        return rgb, decode_edge(edge)
+        return rgb, decode_mask(edge)  # an edge map is stored as a mask is: 0/255 PNG
     rgb = resize_rgb(center_square(rgb), size)
     return rgb, (canny_edges(rgb) > 0).astype(np.uint8)
 

@@ -66,7 +66,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 
 def decode_mask(data: bytes) -> np.ndarray:
-    """The PNG written by encode_mask -> HxW uint8 {0,1}; decoded as one channel on purpose."""
+    """A 0/255 PNG as encode_mask writes it (a mask, or an edge map) -> HxW uint8 {0,1}; decoded
+    as one channel on purpose (a generic decode gives RGB)."""
     with Image.open(io.BytesIO(data)) as img:
         return (np.asarray(img.convert("L")) >= 128).astype(np.uint8)
 
@@ -156,7 +157,7 @@ def generate_mask(rng: np.random.Generator, size: int, bucket: int,
 
     Strokes grow step by step until the hole area reaches a target drawn inside the bucket; steps
     that would overshoot the bucket are undone and retried finer (rejection sampling of whole
-    masks accepts only a small fraction, see FACTS.md).
+    masks would accept only a small fraction of draws).
     """
     lo, hi = BUCKETS[bucket]
     total = size * size

@@ -18,7 +18,6 @@ import io
 import json
 import multiprocessing
 import os
-import re
 import shlex
 import sys
 import tarfile
@@ -31,11 +30,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.images import ImageError, canny_edges, read_image
+from pipeline.images import (IMAGE_EXTS, ImageError, ImageInput, canny_edges, find_inputs,
+                             read_image)
 from pipeline.masks import (BUCKETS, bucket_name, bucket_of, encode_mask, generate_mask,
                             hole_ratio, load_mask)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 SHARD_PATTERN = "shard-{:06d}.tar"
 JPEG_QUALITY = 95
 # Paris StreetView as distributed by Pathak et al. (and as re-packed by others): first match wins
@@ -51,14 +50,6 @@ class ShardError(RuntimeError):
     """Nothing usable was written; the message says why."""
 
 
-@dataclass(frozen=True)
-class Job:
-    """One input: a file on disk, or encoded bytes with a descriptive source label."""
-    key: str
-    source: str
-    data: Optional[bytes] = None
-
-
 @dataclass
 class Result:
     key: str
@@ -68,59 +59,9 @@ class Result:
     meta: Optional[dict] = None
 
 
-# ---------------------------------------------------------------------------- finding inputs
-
-def natural_key(text: str) -> list:
-    """Sort "img2" before "img10" (CelebA-HQ's 0.jpg .. 29999.jpg need numeric order)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def make_key(relative: str) -> str:
-    """Stable WebDataset key from a relative path: no dots (WebDataset splits on the first)."""
-    return re.sub(r"[^A-Za-z0-9_\-/]", "_", relative).strip("/")
-
-
-def find_inputs(sources: Sequence[str], exts: Sequence[str]) -> tuple[list[Job], list[dict]]:
-    """Walk sources recursively. Every entry found is a Job or a skipped {path, reason}."""
-    jobs: list[Job] = []
-    skipped: list[dict] = []
-    seen: dict[str, str] = {}
-    prefix_keys = len(sources) > 1
-    for src in sources:
-        root = Path(src)
-        if not root.exists() and not root.is_symlink():
-            skipped.append({"path": src, "reason": "does not exist"})
-            continue
-        if root.is_file() or (root.is_symlink() and not root.is_dir()):
-            found = [(root, root.name)]
-        else:
-            found = []
-
-            def on_error(err: OSError) -> None:
-                skipped.append({"path": err.filename, "reason": f"unreadable: {err.strerror}"})
-
-            for dirpath, _dirs, files in os.walk(root, onerror=on_error):
-                for name in files:
-                    path = Path(dirpath) / name
-                    found.append((path, path.relative_to(root).as_posix()))
-        for path, rel in sorted(found, key=lambda item: natural_key(item[1])):
-            if path.suffix.lower() not in exts:
-                skipped.append({"path": str(path),
-                                "reason": f"not an image file extension ({path.suffix or 'none'})"})
-                continue
-            key = make_key(f"{root.name}/{rel}" if prefix_keys else rel)
-            if key in seen:
-                skipped.append({"path": str(path),
-                                "reason": f"key '{key}' already used by {seen[key]}"})
-                continue
-            seen[key] = str(path)
-            jobs.append(Job(key, str(path)))
-    return jobs, skipped
-
-
 # ---------------------------------------------------------------------------- per-sample work
 
-def _read(job: Job):
+def _read(job: ImageInput):
     return job.data if job.data is not None else job.source
 
 
@@ -140,7 +81,7 @@ def encode_edge(edge: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def image_sample(job: Job, size: int, fmt: str, min_size: int) -> Result:
+def image_sample(job: ImageInput, size: int, fmt: str, min_size: int) -> Result:
     try:
         rgb, (width, height) = read_image(_read(job), size)
     except ImageError as err:
@@ -169,7 +110,7 @@ def _mask_result(key: str, source: str, mask: np.ndarray) -> Result:
     return Result(key, source, files=files, meta=meta)
 
 
-def mask_sample(job: Job, size: int, invert: bool) -> Result:
+def mask_sample(job: ImageInput, size: int, invert: bool) -> Result:
     try:
         mask = load_mask(_read(job), size, invert=invert)
     except ImageError as err:
@@ -266,7 +207,7 @@ def write_set(out: Path, results: Iterable[Result], skipped: list[dict], inputs:
     return index
 
 
-def shard_image_jobs(jobs: list[Job], skipped: list[dict], out: Path, args) -> dict:
+def shard_image_jobs(jobs: list[ImageInput], skipped: list[dict], out: Path, args) -> dict:
     fn = partial(image_sample, size=args.size, fmt=args.format, min_size=args.min_size)
     results = run_parallel(fn, jobs, args.workers, f"images -> {out}")
     info = {"kind": "images", "size": args.size, "format": args.format}
@@ -332,7 +273,7 @@ def _first_dir(root: Path, names: Sequence[str]) -> Optional[Path]:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
-def paris_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
+def paris_splits(root: Path) -> dict[str, tuple[list[ImageInput], list[dict]]]:
     train, test = _first_dir(root, PARIS_TRAIN_DIRS), _first_dir(root, PARIS_TEST_DIRS)
     if train is None or test is None:
         raise ShardError(f"{root} is not a Paris StreetView folder: expected a train folder "
@@ -342,7 +283,7 @@ def paris_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
             "test": find_inputs([str(test)], IMAGE_EXTS)}
 
 
-def celeba_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
+def celeba_splits(root: Path) -> dict[str, tuple[list[ImageInput], list[dict]]]:
     folder = _first_dir(root, CELEBA_DIRS) or root
     jobs, skipped = find_inputs([str(folder)], IMAGE_EXTS)
     splits = {"train": ([], []), "test": ([], [])}
@@ -387,7 +328,7 @@ def bundled_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def photo_crops(name: str, photo: np.ndarray, crops: int) -> list[Job]:
+def photo_crops(name: str, photo: np.ndarray, crops: int) -> list[ImageInput]:
     """The centre square plus random squares of 55-90 % of the short side, as BMP bytes."""
     rng = np.random.default_rng(list(name.encode()))  # fixed per photo, independent of order
     h, w = photo.shape[:2]
@@ -399,7 +340,7 @@ def photo_crops(name: str, photo: np.ndarray, crops: int) -> list[Job]:
         buf = io.BytesIO()
         Image.fromarray(photo[top:top + side, left:left + side]).save(buf, format="BMP")
         label = f"bundled:{name} crop x={left} y={top} side={side}"
-        jobs.append(Job(f"{name}_{i:02d}", label, data=buf.getvalue()))
+        jobs.append(ImageInput(f"{name}_{i:02d}", label, data=buf.getvalue()))
     return jobs
 
 
@@ -409,7 +350,7 @@ def cmd_sample(args) -> None:
         raise ShardError(f"--masks {args.masks}: must be a multiple of {len(BUCKETS)} "
                          "so that every bucket gets the same count")
     photos = bundled_photos()
-    splits: dict[str, list[Job]] = {"train": [], "test": []}
+    splits: dict[str, list[ImageInput]] = {"train": [], "test": []}
     for name in sorted(photos):
         split = "test" if name in SAMPLE_TEST_PHOTOS else "train"
         splits[split].extend(photo_crops(name, photos[name], args.crops))
