@@ -8,23 +8,31 @@
 
 Every output folder gets an index.json: shards (name, samples, sha256), `samples`, `inputs`,
 `skipped` ([{path, reason}]) and the command line; inputs == samples + len(skipped).
-The exit status is 0 when every folder written holds at least one sample.
+The exit status is 0 when every folder written holds at least one sample, else 2 with a
+one-line reason. OUT is replaced only by a complete new set: everything is written into a
+temporary sibling (.OUT.partial-PID) first, so a failed, interrupted or out-of-disk run leaves
+OUT exactly as it was. OUT may hold only what shard.py writes (shards, index.json, split folders).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import io
 import json
 import multiprocessing
 import os
+import re
 import shlex
+import shutil
+import signal
 import sys
 import tarfile
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Generator, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -36,6 +44,7 @@ from pipeline.masks import (BUCKETS, bucket_name, bucket_of, encode_mask, genera
                             hole_ratio, load_mask)
 
 SHARD_PATTERN = "shard-{:06d}.tar"
+OWN_FILE = re.compile(r"^(shard-\d{6}\.tar|index\.json)$")  # what shard.py puts in a set
 JPEG_QUALITY = 95
 # Paris StreetView as distributed by Pathak et al. (and as re-packed by others): first match wins
 PARIS_TRAIN_DIRS = ("paris_train_original", "paris_train", "train")
@@ -48,6 +57,10 @@ SAMPLE_TEST_PHOTOS = ("coffee", "grace_hopper")
 
 class ShardError(RuntimeError):
     """Nothing usable was written; the message says why."""
+
+
+class NoSamplesError(ShardError):
+    """Every input was skipped."""
 
 
 @dataclass
@@ -127,14 +140,17 @@ def generated_mask(index: int, size: int, seed: int, boxes: bool) -> Result:
     return _mask_result(f"gen_{index:07d}", f"generated seed={seed} index={index}", mask)
 
 
-def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
+def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str
+                 ) -> Generator[Result, None, None]:
     """fn over items in input order, on `workers` processes, with a progress bar."""
     bar = dict(total=len(items), desc=desc, unit="img", mininterval=1.0, dynamic_ncols=True)
     if workers <= 1 or len(items) < 2:
         yield from tqdm(map(fn, items), **bar)
         return
     chunk = max(1, min(32, len(items) // (workers * 8)))
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # workers die quietly on the SIGTERM with which the pool stops them (not via _stop)
+    with multiprocessing.get_context("fork").Pool(
+            workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
         yield from tqdm(pool.imap(fn, items, chunksize=chunk), **bar)
 
 
@@ -152,7 +168,7 @@ class ShardWriter:
     def add(self, key: str, files: dict) -> None:
         if self._tar is None:
             name = SHARD_PATTERN.format(len(self.shards))
-            self._tar = tarfile.open(self.out / (name + ".part"), "w", format=tarfile.USTAR_FORMAT)
+            self._tar = tarfile.open(self.out / name, "w", format=tarfile.USTAR_FORMAT)
             self._name, self._count = name, 0
         for ext, data in files.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
@@ -164,8 +180,6 @@ class ShardWriter:
 
     def _finish(self) -> None:
         self._tar.close()
-        part = self.out / (self._name + ".part")
-        part.replace(self.out / self._name)
         digest = hashlib.sha256((self.out / self._name).read_bytes()).hexdigest()
         self.shards.append({"name": self._name, "samples": self._count, "sha256": digest})
         self._tar = None
@@ -176,35 +190,97 @@ class ShardWriter:
         return self.shards
 
 
-def prepare_out(out: Path) -> None:
-    """Create OUT; clear shards of an earlier run so a directory spec never mixes two runs."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("shard-*.tar")) + list(out.glob("shard-*.tar.part")):
-        old.unlink()
-    (out / "index.json").unlink(missing_ok=True)
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
-def write_set(out: Path, results: Iterable[Result], skipped: list[dict], inputs: int,
-              shard_size: int, info: dict) -> dict:
-    """Write results to shards in order; returns (and saves) the index."""
-    prepare_out(out)
+def _no_space(out: Path, done: int, inputs: int) -> ShardError:
+    """The out-of-disk message: how much this set needs (extrapolated) and how much is free."""
+    written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    needed = written * inputs / max(done, 1)
+    free = shutil.disk_usage(out).free + written  # the partial set is removed on the way out
+    return ShardError(f"no space left on device for --out: the new set needs about "
+                      f"{_mib(needed)} ({_mib(written)} for {done} of {inputs} inputs), "
+                      f"{_mib(free)} are free; the old OUT stays until the new one is complete, "
+                      f"so both must fit")
+
+
+def write_set(out: Path, results: Generator[Result, None, None], skipped: list[dict],
+              inputs: int, shard_size: int, info: dict) -> dict:
+    """Write results (from run_parallel) to shards in order into the new folder `out`; returns
+    (and saves) the index."""
+    out.mkdir(parents=True)
     writer = ShardWriter(out, shard_size)
     skipped = list(skipped)
     buckets = [0] * len(BUCKETS)
-    for result in results:
-        if result.files is None:
-            skipped.append({"path": result.source, "reason": result.reason})
-            continue
-        writer.add(result.key, result.files)
-        if result.meta is not None and "bucket" in result.meta:
-            buckets[result.meta["bucket"]] += 1
-    shards = writer.close()
-    index = {**info, "inputs": inputs, "samples": sum(s["samples"] for s in shards),
-             "shards": shards, "skipped": skipped, "command": shlex.join(sys.argv)}
-    if info.get("kind") == "masks":
-        index["buckets"] = {bucket_name(i): n for i, n in enumerate(buckets)}
-    (out / "index.json").write_text(json.dumps(index, indent=1))
+    done = 0
+    try:
+        with closing(results):  # on an error, too: its progress bar ends before the message
+            for done, result in enumerate(results, start=1):
+                if result.files is None:
+                    skipped.append({"path": result.source, "reason": result.reason})
+                    continue
+                writer.add(result.key, result.files)
+                if result.meta is not None and "bucket" in result.meta:
+                    buckets[result.meta["bucket"]] += 1
+        shards = writer.close()
+        index = {**info, "inputs": inputs, "samples": sum(s["samples"] for s in shards),
+                 "shards": shards, "skipped": skipped, "command": shlex.join(sys.argv)}
+        if info.get("kind") == "masks":
+            index["buckets"] = {bucket_name(i): n for i, n in enumerate(buckets)}
+        (out / "index.json").write_text(json.dumps(index, indent=1))
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _no_space(out, done, inputs) from None
+        raise
     return index
+
+
+def _foreign(path: Path) -> list[Path]:
+    """What under `path` shard.py did not write (its own: shards, index.json, split folders)."""
+    if not path.is_dir():
+        return [path]
+    found = []
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            found += _foreign(child)
+        elif not OWN_FILE.match(child.name):
+            found.append(child)
+    return found
+
+
+@contextmanager
+def replaced_when_complete(out: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of OUT to write into; it replaces OUT only when the block
+    succeeds. On any error or interruption it is removed and OUT is left as it was; only where
+    OUT holds no shards, a set without samples still goes in for its index.json (it says why)."""
+    existed = out.exists() or out.is_symlink()
+    if existed:
+        foreign = _foreign(out)
+        if foreign:
+            raise ShardError(f"--out {out} holds files shard.py did not write (e.g. "
+                             f"{foreign[0]}); give a new folder or a shard folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+
+    def swap_in() -> None:
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if existed:
+            os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+
+    try:
+        yield staging
+        swap_in()
+    except NoSamplesError as err:
+        if existed and any(out.rglob("shard-*.tar")):
+            raise NoSamplesError(f"{err}; {out} is unchanged") from None
+        swap_in()
+        raise NoSamplesError(f"{err}; {out / 'index.json'} lists them") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def shard_image_jobs(jobs: list[ImageInput], skipped: list[dict], out: Path, args) -> dict:
@@ -220,10 +296,10 @@ def report(out: Path, index: dict) -> None:
     for item in index["skipped"][:10]:
         print(f"  skipped {item['path']}: {item['reason']}", file=sys.stderr)
     if len(index["skipped"]) > 10:
-        print(f"  ... {len(index['skipped']) - 10} more in {out / 'index.json'}", file=sys.stderr)
+        print(f"  ... {len(index['skipped']) - 10} more (index.json lists them)", file=sys.stderr)
     if index["samples"] == 0:
-        raise ShardError(f"no samples written to {out}: every input was skipped "
-                         f"({index['inputs']} inputs; see 'skipped' in {out / 'index.json'})")
+        raise NoSamplesError(f"no samples written to {out}: every input was skipped "
+                             f"({index['inputs']} inputs, reasons above)")
 
 
 def write_summary(out: Path, splits: dict[str, dict]) -> None:
@@ -237,12 +313,20 @@ def write_summary(out: Path, splits: dict[str, dict]) -> None:
     (out / "index.json").write_text(json.dumps(summary, indent=1))
 
 
+def finish_splits(out: Path, staging: Path, indexes: dict[str, dict]) -> None:
+    """Summary index into the staging folder, then each split's report (under OUT's name)."""
+    write_summary(staging, indexes)
+    for name, index in indexes.items():
+        report(out / name, index)
+
+
 # ---------------------------------------------------------------------------- commands
 
 def cmd_images(args) -> None:
     jobs, skipped = find_inputs(args.src, IMAGE_EXTS)
     out = Path(args.out)
-    report(out, shard_image_jobs(jobs, skipped, out, args))
+    with replaced_when_complete(out) as staging:
+        report(out, shard_image_jobs(jobs, skipped, staging, args))
 
 
 def cmd_masks(args) -> None:
@@ -254,19 +338,20 @@ def cmd_masks(args) -> None:
             raise ShardError(f"--generate {args.generate}: must be a positive multiple of "
                              f"{len(BUCKETS)} so that every bucket gets the same count")
         fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=args.boxes)
-        results = run_parallel(fn, range(args.generate), args.workers, f"masks -> {out}")
+        items, skipped = range(args.generate), []
         info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed,
                 "boxes": args.boxes}
-        index = write_set(out, results, [], args.generate, args.shard_size, info)
     else:
         if not args.src:
             raise ShardError("masks: give SRC folders of mask images, or --generate N")
-        jobs, skipped = find_inputs(args.src, IMAGE_EXTS)
+        items, skipped = find_inputs(args.src, IMAGE_EXTS)
         fn = partial(mask_sample, size=args.size, invert=args.invert)
-        results = run_parallel(fn, jobs, args.workers, f"masks -> {out}")
         info = {"kind": "masks", "size": args.size, "invert": args.invert}
-        index = write_set(out, results, skipped, len(jobs) + len(skipped), args.shard_size, info)
-    report(out, index)
+    with replaced_when_complete(out) as staging:
+        results = run_parallel(fn, items, args.workers, f"masks -> {out}")
+        index = write_set(staging, results, skipped, len(items) + len(skipped), args.shard_size,
+                          info)
+        report(out, index)
 
 
 def _first_dir(root: Path, names: Sequence[str]) -> Optional[Path]:
@@ -304,12 +389,10 @@ def cmd_dataset(args) -> None:
     if not root.is_dir():
         raise ShardError(f"--root {root}: not a directory")
     splits = paris_splits(root) if args.name == "paris" else celeba_splits(root)
-    indexes = {}
-    for name, (jobs, skipped) in splits.items():
-        indexes[name] = shard_image_jobs(jobs, skipped, out / name, args)
-    write_summary(out, indexes)
-    for name, index in indexes.items():
-        report(out / name, index)
+    with replaced_when_complete(out) as staging:
+        indexes = {name: shard_image_jobs(jobs, skipped, staging / name, args)
+                   for name, (jobs, skipped) in splits.items()}
+        finish_splits(out, staging, indexes)
 
 
 def bundled_photos() -> dict[str, np.ndarray]:
@@ -354,14 +437,16 @@ def cmd_sample(args) -> None:
     for name in sorted(photos):
         split = "test" if name in SAMPLE_TEST_PHOTOS else "train"
         splits[split].extend(photo_crops(name, photos[name], args.crops))
-    indexes = {name: shard_image_jobs(jobs, [], out / name, args) for name, jobs in splits.items()}
-    fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=True)
-    masks = run_parallel(fn, range(args.masks), args.workers, f"masks -> {out / 'masks'}")
-    info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed, "boxes": True}
-    indexes["masks"] = write_set(out / "masks", masks, [], args.masks, args.shard_size, info)
-    write_summary(out, indexes)
-    for name, index in indexes.items():
-        report(out / name, index)
+    with replaced_when_complete(out) as staging:
+        indexes = {name: shard_image_jobs(jobs, [], staging / name, args)
+                   for name, jobs in splits.items()}
+        fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=True)
+        masks = run_parallel(fn, range(args.masks), args.workers, f"masks -> {out / 'masks'}")
+        info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed,
+                "boxes": True}
+        indexes["masks"] = write_set(staging / "masks", masks, [], args.masks, args.shard_size,
+                                     info)
+        finish_splits(out, staging, indexes)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -425,13 +510,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop(signum, frame) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the staging folder is removed and OUT stays as it was
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         args.func(args)
     except ShardError as err:
         print(f"shard.py {args.command}: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
+    except OSError as err:
+        print(f"shard.py {args.command}: error: {err.strerror or err}: {err.filename}",
+              file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as err:
+        print(f"shard.py {args.command}: interrupted ({err or 'Ctrl-C'}); {args.out} is "
+              f"unchanged", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
