@@ -18,7 +18,9 @@ import json
 import logging
 import multiprocessing
 import random
+import re
 import tarfile
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,37 +43,67 @@ log = logging.getLogger(__name__)
 class DataError(ValueError):
     """A data spec that yields nothing usable; the message names it."""
 
+    def __init__(self, message: str):
+        # raised in a DataLoader worker, it is rebuilt in the main process from the worker's
+        # whole traceback text, whose last line holds the original message
+        if message.startswith("Caught DataError"):
+            message = message.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(message)
+
 
 # ---------------------------------------------------------------------------- shard specs
 
+SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")  # how shard.py names its shards
+
+
+def _names(paths: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(str(p) for p in paths[:limit]) + more
+
+
 def _from_index(index_path: Path) -> list[str]:
+    """The shards index.json lists, which must be exactly the tars beside it."""
     index = json.loads(index_path.read_text())
     if "shards" not in index:
         splits = ", ".join(sorted(index.get("splits", {}))) or "none"
         raise DataError(f"{index_path} lists no shards (splits: {splits}); "
                         f"point at a split's folder or its index.json instead")
-    shards = [str(index_path.parent / s["name"]) for s in index["shards"]]
-    missing = [s for s in shards if not Path(s).is_file()]
+    folder = index_path.parent
+    listed = [s["name"] for s in index["shards"]]
+    missing = [name for name in listed if not (folder / name).is_file()]
     if missing:
-        raise DataError(f"{index_path} lists shards that do not exist: {', '.join(missing[:5])}")
-    return shards
+        raise DataError(f"{index_path} lists shards that do not exist: {_names(missing)}")
+    unlisted = sorted(p.name for p in folder.glob("*.tar") if p.name not in set(listed))
+    if unlisted:
+        raise DataError(f"{folder} holds tars its index.json does not list: {_names(unlisted)} "
+                        f"(two shard runs mixed?); re-run shard.py into a new folder")
+    return [str(folder / name) for name in listed]
 
 
 def resolve_shards(spec: str) -> list[str]:
-    """A directory (its *.tar, sorted), an index.json, or a brace/glob pattern -> shard paths."""
+    """A directory (its *.tar, sorted), an index.json, or a brace/glob pattern -> shard paths.
+
+    Only complete sets: a folder of shard.py's shards must hold the index.json that shard.py
+    writes last and that lists exactly its tars; every local shard a brace pattern names must
+    exist."""
     path = Path(spec)
     if path.is_dir():
-        shards = sorted(str(p) for p in path.glob("*.tar"))
-        if shards:
-            return shards
         if (path / "index.json").is_file():
             return _from_index(path / "index.json")
+        shards = sorted(str(p) for p in path.glob("*.tar"))
+        ours = [s for s in shards if SHARD_NAME.match(Path(s).name)]
+        if ours or any(path.glob("*.tar.part")):
+            raise DataError(f"{spec} holds shard.py shards but no index.json: an incomplete set "
+                            f"(interrupted or out of disk?); re-run shard.py")
+        if shards:
+            return shards  # tars made by another tool: nothing says what a full set is
         raise DataError(f"no *.tar shards in directory {spec}")
     if path.suffix == ".json":
         if not path.is_file():
             raise DataError(f"index file not found: {spec}")
         return _from_index(path)
     shards: list[str] = []
+    missing: list[str] = []
     for item in braceexpand.braceexpand(spec):
         if "://" in item or item.startswith("pipe:"):
             shards.append(item)  # remote: the stream reports failures per shard
@@ -79,9 +111,14 @@ def resolve_shards(spec: str) -> list[str]:
             shards.extend(sorted(glob.glob(item)))
         elif Path(item).is_file():
             shards.append(item)
+        else:
+            missing.append(item)
     if not shards:
         raise DataError(f"no shards match '{spec}' (expected a directory of .tar files, an "
                         f"index.json, or a brace pattern like data/shard-{{000000..000009}}.tar)")
+    if missing:
+        raise DataError(f"{len(missing)} of {len(shards) + len(missing)} shards named by "
+                        f"'{spec}' do not exist: {_names(missing)}")
     return shards
 
 
@@ -91,10 +128,18 @@ class SkipCounter:
     """Counts unreadable shards/samples across DataLoader worker processes (shared memory).
 
     Its `handler` is a WebDataset exception handler: log with the shard name, count, go on.
+    Logging is rate-limited per process: the first few in full, then a count every minute, so
+    a stream of bad data cannot fill the log.
     """
+
+    FIRST_LOGGED = 5
+    SUMMARY_EVERY_S = 60.0
 
     def __init__(self):
         self._value = multiprocessing.Value("q", 0)
+        self._logged = 0
+        self._unlogged = 0
+        self._last_summary = 0.0
 
     @property
     def count(self) -> int:
@@ -103,7 +148,16 @@ class SkipCounter:
     def add(self, reason: str) -> None:
         with self._value.get_lock():
             self._value.value += 1
-        log.warning("skipped bad data: %s", reason)
+        if self._logged < self.FIRST_LOGGED:
+            self._logged += 1
+            log.warning("skipped bad data: %s", reason)
+            self._last_summary = time.monotonic()
+            return
+        self._unlogged += 1
+        if time.monotonic() - self._last_summary >= self.SUMMARY_EVERY_S:
+            log.warning("skipped %d more bad shards/samples (%d in all), latest: %s",
+                        self._unlogged, self.count, reason)
+            self._unlogged, self._last_summary = 0, time.monotonic()
 
     def handler(self, exn: BaseException) -> bool:
         self.add(repr(exn))  # webdataset appends the shard URL to exn.args
@@ -220,13 +274,15 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: list[str], masks: MaskPool, *, image_size: int, batch_size: int,
                  shuffle_buffer: int, flip: bool, batches_per_epoch: int, seed: int, rank: int,
-                 world_size: int, num_workers: int, skip_batches: int, skips: SkipCounter):
+                 world_size: int, num_workers: int, skip_batches: int, skips: SkipCounter,
+                 max_bad_samples: int):
         super().__init__()
         self.shards, self.masks, self.skips = shards, masks, skips
         self.image_size, self.batch_size, self.flip = image_size, batch_size, flip
         self.shuffle_buffer, self.batches_per_epoch = shuffle_buffer, batches_per_epoch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers, self.skip_batches = max(1, num_workers), skip_batches
+        self.max_bad_samples = max_bad_samples
         self._iterations = 0  # per process copy: persistent workers keep counting
         self._draws_without_sample = 0  # shard draws since the last sample (all-bad guard)
 
@@ -244,12 +300,15 @@ class TrainStream(IterableDataset):
         logical = (worker + offset) % self.workers
         yield from self._batches(logical, epoch, skip=len(range(logical, offset, self.workers)))
 
+    def _pool(self, logical: int) -> list[str]:
+        streams = self.world_size * self.workers
+        stream = self.rank * self.workers + logical
+        return self.shards[stream::streams] if len(self.shards) >= streams else self.shards
+
     def _shard_urls(self, logical: int, epoch: int):
         """Resampled shard draws; disjoint shard subsets per (rank, worker) when there are
         enough shards, all shards otherwise (resampling keeps every stream the same length)."""
-        streams = self.world_size * self.workers
-        stream = self.rank * self.workers + logical
-        pool = self.shards[stream::streams] if len(self.shards) >= streams else self.shards
+        pool = self._pool(logical)
         rng = random.Random(f"shards:{self.seed}:{self.rank}:{logical}:{epoch}")
         while True:
             self._draws_without_sample += 1
@@ -268,7 +327,7 @@ class TrainStream(IterableDataset):
                               rng=random.Random(f"shuffle:{tag}"))(samples)
         rng = np.random.default_rng([self.seed, self.rank, logical, epoch])
         to_skip = skip * self.batch_size
-        produced, batch = skip, []
+        produced, batch, bad_streak = skip, [], 0
         for sample in samples:
             self._draws_without_sample = 0
             flip = self.flip and rng.random() < 0.5
@@ -282,7 +341,14 @@ class TrainStream(IterableDataset):
                 mask = mask_at(decode_mask(self.masks.pngs[mask_index]), self.image_size)
             except Exception as err:  # noqa: BLE001 - one bad sample must not stop training
                 self.skips.add(f"{sample.get('__url__')} sample {sample.get('__key__')}: {err!r}")
+                bad_streak += 1
+                if bad_streak >= self.max_bad_samples:
+                    raise DataError(
+                        f"{bad_streak} samples in a row failed to decode (data.max_bad_samples) "
+                        f"in shards {_names(self._pool(logical), 3)}: are they image shards? "
+                        f"Last: sample {sample.get('__key__')}: {err}") from None
                 continue
+            bad_streak = 0
             if flip:  # a view: collate's np.stack makes the one copy
                 rgb, edge = rgb[:, ::-1], edge[:, ::-1]
             batch.append((rgb, edge, mask))
@@ -311,7 +377,7 @@ def train_loader(data_cfg, seed: int, rank: int, world_size: int,
         shuffle_buffer=max(1, data_cfg.shuffle_buffer), flip=data_cfg.flip,
         batches_per_epoch=max(1, data_cfg.samples_per_epoch // data_cfg.batch_size), seed=seed,
         rank=rank, world_size=world_size, num_workers=data_cfg.num_workers,
-        skip_batches=skip_batches, skips=skips)
+        skip_batches=skip_batches, skips=skips, max_bad_samples=data_cfg.max_bad_samples)
     workers = data_cfg.num_workers
     loader = DataLoader(stream, batch_size=None, num_workers=workers,
                         persistent_workers=workers > 0,  # keeps each worker's epoch count
