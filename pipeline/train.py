@@ -7,8 +7,8 @@ YAML files merge in order, then key=value overrides (see pipeline/config.py for 
 Exit status: 0 finished; 2 bad config, set-up or data (one line naming the key, file or shards),
 or no space left for a checkpoint (the earlier ones are kept); 3 stopped after too many
 non-finite steps; 124 stopped by SIGTERM/SIGUSR1 (the SLURM scripts requeue on it): after a
-checkpoint at the next step boundary, or at once, keeping the last checkpoint, when the signal
-comes while the run waits for training data.
+checkpoint at the next step boundary, or, when no training data comes within 20 s of the
+signal (a stuck stream), at once, keeping the last checkpoint.
 
 One run per train.output_dir: a second one is refused (exit 2, naming the owner's host and PID);
 the lock of a run that is gone (same host, PID ended) or of the same SLURM job (requeued) is
@@ -53,21 +53,26 @@ SETUP_EXIT_CODE = 2
 # model keys that change no tensor shape: a resume may change them
 RESUME_MAY_DIFFER = ("model.attention.backend", "model.init_gain")
 
+# after a stop signal, how long the loop still waits for a batch before it gives up on the
+# checkpoint and stops at once (a stuck or endlessly bad data stream must not block a stop)
+DATA_GRACE_S = 20.0
+
 
 class StoppedWhileWaiting(BaseException):
-    """A signal came while the loop waited for data. A BaseException, so that the data code's
-    `except Exception` (skip a bad sample, go on) cannot swallow it."""
+    """No batch came within DATA_GRACE_S of a stop signal. A BaseException, so that the data
+    code's `except Exception` (skip a bad sample, go on) cannot swallow it."""
 
 
 class StopRequest:
     """SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeue. A second signal: exit now.
-    While the loop waits for a batch (data may never come) the first signal stops at once."""
+    If the next batch does not come within DATA_GRACE_S of the signal, stop without one."""
 
     def __init__(self):
         self.signum: Optional[int] = None
         self.waiting_for_data = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
+        signal.signal(signal.SIGALRM, self._give_up)
 
     def _handle(self, signum, frame):
         if self.signum is not None:
@@ -75,20 +80,25 @@ class StopRequest:
             sys.stderr.flush()
             os._exit(128 + signum)
         self.signum = signum
-        if self.waiting_for_data:
-            raise StoppedWhileWaiting(signal.Signals(signum).name)
         log.warning("%s received: stopping after this step with a checkpoint",
                     signal.Signals(signum).name)
+        if self.waiting_for_data:
+            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
+
+    def _give_up(self, signum, frame):
+        if self.waiting_for_data:
+            raise StoppedWhileWaiting(signal.Signals(self.signum).name)
 
     def next_batch(self, batches):
-        """next(batches), interruptible by the first signal (or stopped by an earlier one)."""
-        if self.signum is not None:
-            raise StoppedWhileWaiting(signal.Signals(self.signum).name)
+        """next(batches); after a stop signal, given at most DATA_GRACE_S."""
         self.waiting_for_data = True
+        if self.signum is not None:
+            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
         try:
             return next(batches)
         finally:
             self.waiting_for_data = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def check_output_dir(path: Path, needed_bytes: int) -> None:
@@ -286,9 +296,9 @@ class Trainer:
                 try:
                     micro_batches = [self.stop.next_batch(batches) for _ in range(t.grad_accum)]
                 except StoppedWhileWaiting as signame:
-                    log.warning("%s received while waiting for training data: stopped at "
-                                "step %d without a new checkpoint (resume starts from the last "
-                                "one); exit %d for requeue", signame, self.step,
+                    log.warning("%s: no training data came within %.0f s, stopped at step %d "
+                                "without a new checkpoint (resume starts from the last one); "
+                                "exit %d for requeue", signame, DATA_GRACE_S, self.step,
                                 REQUEUE_EXIT_CODE)
                     exit_code, status = REQUEUE_EXIT_CODE, "KILLED"
                     break
