@@ -44,7 +44,8 @@ from pipeline.masks import (BUCKETS, bucket_name, bucket_of, encode_mask, genera
                             hole_ratio, load_mask)
 
 SHARD_PATTERN = "shard-{:06d}.tar"
-OWN_FILE = re.compile(r"^(shard-\d{6}\.tar|index\.json)$")  # what shard.py puts in a set
+# what shard.py writes into a set (a .part shard: left by an interrupted older version)
+OWN_FILE = re.compile(r"^(shard-\d{6}\.tar(\.part)?|index\.json)$")
 JPEG_QUALITY = 95
 # Paris StreetView as distributed by Pathak et al. (and as re-packed by others): first match wins
 PARIS_TRAIN_DIRS = ("paris_train_original", "paris_train", "train")
