@@ -7,10 +7,12 @@ Layout: <output_dir>/checkpoints/checkpoint-<step:08d>/
 
 A checkpoint is written under a temporary name, fsynced and renamed, so a crash mid-write leaves
 nothing that `resume=latest` would pick; one whose files do not match meta.json is skipped with a
-message and the previous one is used.
+message and the previous one is used. A full disk while writing removes the partial copy and
+raises CheckpointError("no space left ..."); the checkpoints already there are kept.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -36,7 +38,7 @@ GENERATORS = "generators.safetensors"
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that cannot be written, found or trusted; the message says which and why."""
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -60,6 +62,14 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
+def _out_of_space(err: BaseException, where: Path) -> bool:
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOSPC
+    # torch.save reports a full disk as a C++ stream error ("basic_ios::clear: iostream
+    # error"), a RuntimeError without errno: judge it by the space left
+    return isinstance(err, RuntimeError) and shutil.disk_usage(where).free < (1 << 20)
+
+
 def save(accelerator: Accelerator, output_dir: str, step: int, cfg: DictConfig,
          generators: dict[str, nn.Module], meta: dict) -> Optional[Path]:
     """Collective: every rank calls it. Returns the final path (on every rank)."""
@@ -70,19 +80,22 @@ def save(accelerator: Accelerator, output_dir: str, step: int, cfg: DictConfig,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # each rank writes its own RNG state
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))  # each rank writes its own RNG state
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _complete(accelerator, tmp, step, cfg, generators, meta)
+    except (OSError, RuntimeError) as err:
+        if not _out_of_space(err, root):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = [p.name for p in candidates(output_dir)]
+        raise CheckpointError(
+            f"no space left on device writing {final.name} in {root} "
+            f"({shutil.disk_usage(root).free / 2**20:.1f} MiB free with the partial copy "
+            f"removed); kept: {', '.join(kept) or 'no earlier checkpoint'}. Free space, then "
+            f"resume with train.resume=latest") from None
     if accelerator.is_main_process:
-        tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
-                   for name, net in generators.items()
-                   for k, v in accelerator.unwrap_model(net).state_dict().items()}
-        save_file(tensors, str(tmp / GENERATORS))
-        (tmp / "config.yaml").write_text(to_yaml(cfg))
-        files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-        record = {"step": step, "stage": cfg.train.stage, **meta, "files": files, "complete": True}
-        (tmp / "meta.json").write_text(json.dumps(record, indent=1))
-        _fsync_tree(tmp)
         if final.exists():  # a re-run of the same step replaces the older copy
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -90,6 +103,21 @@ def save(accelerator: Accelerator, output_dir: str, step: int, cfg: DictConfig,
         _prune(root, cfg.train.ckpt_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def _complete(accelerator: Accelerator, tmp: Path, step: int, cfg: DictConfig,
+              generators: dict[str, nn.Module], meta: dict) -> None:
+    """Main process: add the generators, config and meta.json to the state in `tmp`, fsynced."""
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+               for name, net in generators.items()
+               for k, v in accelerator.unwrap_model(net).state_dict().items()}
+    save_file(tensors, str(tmp / GENERATORS))
+    (tmp / "config.yaml").write_text(to_yaml(cfg))
+    files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    record = {"step": step, "stage": cfg.train.stage, **meta, "files": files, "complete": True}
+    (tmp / "meta.json").write_text(json.dumps(record, indent=1))
+    _fsync_tree(tmp)
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -126,18 +154,30 @@ def _verified(path_str: str, stamp: int) -> dict:
     return meta
 
 
-def find_latest(output_dir: str | Path) -> Optional[Path]:
-    """Newest checkpoint that verifies; broken ones are reported and skipped."""
+def candidates(output_dir: str | Path) -> list[Path]:
+    """Every checkpoint directory of a run, newest first (verified or not)."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
-        return None
-    for path in sorted((p for p in root.iterdir() if PATTERN.match(p.name)), reverse=True):
+        return []
+    return sorted((p for p in root.iterdir() if PATTERN.match(p.name)), reverse=True)
+
+
+def latest_valid(output_dir: str | Path) -> tuple[Optional[Path], list[str]]:
+    """(newest checkpoint that verifies or None, why each newer one was skipped)."""
+    broken = []
+    for path in candidates(output_dir):
         try:
             verify(path)
-            return path
+            return path, broken
         except CheckpointError as err:
             log.warning("skipping checkpoint: %s", err)
-    return None
+            broken.append(str(err))
+    return None, broken
+
+
+def find_latest(output_dir: str | Path) -> Optional[Path]:
+    """Newest checkpoint that verifies; broken ones are reported and skipped."""
+    return latest_valid(output_dir)[0]
 
 
 def resolve(path_or_run: str | Path) -> Path:

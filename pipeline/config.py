@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES
@@ -38,6 +39,9 @@ class DataConfig:
     samples_per_epoch: int = 10000  # per worker: the resampled stream restarts after this many
     flip: bool = True
     val_per_bucket: int = 2  # fixed validation subset: images scored in every bucket
+    # consecutive training samples that fail to decode before the run stops (exit 2): a few
+    # bad files are skipped, a stream that yields nothing usable is an error, not a hang
+    max_bad_samples: int = 200
     # resume: "skip" replays the consumed batches (exact, costs decode time), "reseed" starts a
     # fresh stream seeded by (seed, step) (instant, reproducible, not the same samples).
     resume: str = "skip"
@@ -139,7 +143,10 @@ def _describe(err: OmegaConfBaseException) -> str:
 def load_config(sources: Sequence[str] = (), overrides: Sequence[str] = ()) -> DictConfig:
     """Schema defaults, then each YAML file in `sources`, then `key=value` overrides; validated."""
     cfg = merge_config(sources, overrides)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except OmegaConfBaseException as err:  # e.g. a ${...} interpolation that resolves to nothing
+        raise ConfigError(_describe(err)) from None
     return cfg
 
 
@@ -148,11 +155,8 @@ def merge_config(sources: Sequence[str] = (), overrides: Sequence[str] = ()) -> 
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
     for source in sources:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {source}")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, _read_yaml(source))
         except OmegaConfBaseException as err:
             raise ConfigError(f"{source}: {_describe(err)}") from None
     for item in overrides:
@@ -163,6 +167,34 @@ def merge_config(sources: Sequence[str] = (), overrides: Sequence[str] = ()) -> 
     except OmegaConfBaseException as err:
         raise ConfigError(f"override: {_describe(err)}") from None
     return cfg
+
+
+def _read_yaml(source: str) -> DictConfig:
+    """One config file as a mapping; a missing, binary, non-YAML or non-mapping file is a
+    ConfigError naming it."""
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {source}")
+    try:
+        node = OmegaConf.load(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not a text file (expected YAML)") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{line}: "
+                          f"{getattr(err, 'problem', None) or err}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{source}: {_describe(err)}") from None
+    except OSError as err:
+        if err.errno is not None:
+            raise ConfigError(f"{source}: cannot read: {err.strerror}") from None
+        node = None  # OmegaConf's way of saying the file holds a scalar
+    if not isinstance(node, DictConfig):
+        what = "list" if isinstance(node, ListConfig) else "single value"
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (data:, model:, "
+                          f"...), not a {what}")
+    return node
 
 
 def split_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -192,6 +224,17 @@ def validate(cfg: DictConfig) -> None:
            "ckpt_every, log_every and val_every must be positive")
     _check(t.ckpt_limit >= 1, "train.ckpt_limit", "must be >= 1")
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1")
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0 (0: load in the main process)")
+    _check(d.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
+    _check(d.samples_per_epoch >= d.batch_size, "data.samples_per_epoch",
+           f"must be at least data.batch_size ({d.batch_size})")
+    _check(d.val_per_bucket >= 1, "data.val_per_bucket", "must be >= 1")
+    _check(d.max_bad_samples >= 1, "data.max_bad_samples", "must be >= 1")
+    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    for key in ("channels", "d_channels"):
+        _check(m[key] >= 1, f"model.{key}", "must be >= 1")
+    _check(m.attention.heads >= 1, "model.attention.heads", "must be >= 1")
     _check(d.image_size % 4 == 0 and d.image_size >= 16, "data.image_size",
            "must be a multiple of 4 (two stride-2 downsamplings), at least 16")
     _check(m.blocks >= 1, "model.blocks", "must be >= 1")
@@ -216,8 +259,15 @@ def validate(cfg: DictConfig) -> None:
         _check(bool(OmegaConf.select(cfg, key)), key,
                f"stage '{t.stage}' needs a trained {GENERATOR_NAMES[generator]} (a checkpoint "
                f"of a stage that trains it)")
+    o = cfg.optim
     for key in ("g_lr", "d_lr"):
-        _check(cfg.optim[key] > 0, f"optim.{key}", "must be positive")
+        _check(o[key] > 0, f"optim.{key}", "must be positive")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+           f"must be two numbers in [0, 1), got {list(o.betas)}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(0 < o.warm_down_ratio <= 1, "optim.warm_down_ratio", "must be in (0, 1]")
+    _check(o.warm_up_steps is None or o.warm_up_steps >= 0, "optim.warm_up_steps",
+           "must be >= 0 (or null for Ranger21's rule)")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -14,12 +14,13 @@ live run but counted during a replay, so a resume that replays over one is shift
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import multiprocessing
 import random
+import re
 import tarfile
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,9 +33,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from pipeline.images import GRAY_WEIGHTS, canny_edges, center_square, load_image, resize_rgb
+from pipeline.images import (GRAY_WEIGHTS, IMAGE_EXTS, canny_edges, center_square, decode_rgb,
+                             find_inputs, load_image, natural_key, resize_rgb)
 from pipeline.masks import BUCKETS, bucket_name, bucket_of, decode_mask, hole_ratio, load_mask
-from pipeline.shard import IMAGE_EXTS, find_inputs, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +43,67 @@ log = logging.getLogger(__name__)
 class DataError(ValueError):
     """A data spec that yields nothing usable; the message names it."""
 
+    def __init__(self, message: str):
+        # raised in a DataLoader worker, it is rebuilt in the main process from the worker's
+        # whole traceback text, whose last line holds the original message
+        if message.startswith("Caught DataError"):
+            message = message.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(message)
+
 
 # ---------------------------------------------------------------------------- shard specs
 
+SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")  # how shard.py names its shards
+
+
+def _names(paths: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(str(p) for p in paths[:limit]) + more
+
+
 def _from_index(index_path: Path) -> list[str]:
+    """The shards index.json lists, which must be exactly the tars beside it."""
     index = json.loads(index_path.read_text())
     if "shards" not in index:
         splits = ", ".join(sorted(index.get("splits", {}))) or "none"
         raise DataError(f"{index_path} lists no shards (splits: {splits}); "
                         f"point at a split's folder or its index.json instead")
-    shards = [str(index_path.parent / s["name"]) for s in index["shards"]]
-    missing = [s for s in shards if not Path(s).is_file()]
+    folder = index_path.parent
+    listed = [s["name"] for s in index["shards"]]
+    missing = [name for name in listed if not (folder / name).is_file()]
     if missing:
-        raise DataError(f"{index_path} lists shards that do not exist: {', '.join(missing[:5])}")
-    return shards
+        raise DataError(f"{index_path} lists shards that do not exist: {_names(missing)}")
+    unlisted = sorted(p.name for p in folder.glob("*.tar") if p.name not in set(listed))
+    if unlisted:
+        raise DataError(f"{folder} holds tars its index.json does not list: {_names(unlisted)} "
+                        f"(two shard runs mixed?); re-run shard.py into a new folder")
+    return [str(folder / name) for name in listed]
 
 
 def resolve_shards(spec: str) -> list[str]:
-    """A directory (its *.tar, sorted), an index.json, or a brace/glob pattern -> shard paths."""
+    """A directory (its *.tar, sorted), an index.json, or a brace/glob pattern -> shard paths.
+
+    Only complete sets: a folder of shard.py's shards must hold the index.json that shard.py
+    writes last and that lists exactly its tars; every local shard a brace pattern names must
+    exist."""
     path = Path(spec)
     if path.is_dir():
-        shards = sorted(str(p) for p in path.glob("*.tar"))
-        if shards:
-            return shards
         if (path / "index.json").is_file():
             return _from_index(path / "index.json")
+        shards = sorted(str(p) for p in path.glob("*.tar"))
+        ours = [s for s in shards if SHARD_NAME.match(Path(s).name)]
+        if ours or any(path.glob("*.tar.part")):
+            raise DataError(f"{spec} holds shard.py shards but no index.json: an incomplete set "
+                            f"(interrupted or out of disk?); re-run shard.py")
+        if shards:
+            return shards  # tars made by another tool: nothing says what a full set is
         raise DataError(f"no *.tar shards in directory {spec}")
     if path.suffix == ".json":
         if not path.is_file():
             raise DataError(f"index file not found: {spec}")
         return _from_index(path)
     shards: list[str] = []
+    missing: list[str] = []
     for item in braceexpand.braceexpand(spec):
         if "://" in item or item.startswith("pipe:"):
             shards.append(item)  # remote: the stream reports failures per shard
@@ -80,9 +111,14 @@ def resolve_shards(spec: str) -> list[str]:
             shards.extend(sorted(glob.glob(item)))
         elif Path(item).is_file():
             shards.append(item)
+        else:
+            missing.append(item)
     if not shards:
         raise DataError(f"no shards match '{spec}' (expected a directory of .tar files, an "
                         f"index.json, or a brace pattern like data/shard-{{000000..000009}}.tar)")
+    if missing:
+        raise DataError(f"{len(missing)} of {len(shards) + len(missing)} shards named by "
+                        f"'{spec}' do not exist: {_names(missing)}")
     return shards
 
 
@@ -92,10 +128,18 @@ class SkipCounter:
     """Counts unreadable shards/samples across DataLoader worker processes (shared memory).
 
     Its `handler` is a WebDataset exception handler: log with the shard name, count, go on.
+    Logging is rate-limited per process: the first few in full, then a count every minute, so
+    a stream of bad data cannot fill the log.
     """
+
+    FIRST_LOGGED = 5
+    SUMMARY_EVERY_S = 60.0
 
     def __init__(self):
         self._value = multiprocessing.Value("q", 0)
+        self._logged = 0
+        self._unlogged = 0
+        self._last_summary = 0.0
 
     @property
     def count(self) -> int:
@@ -104,7 +148,16 @@ class SkipCounter:
     def add(self, reason: str) -> None:
         with self._value.get_lock():
             self._value.value += 1
-        log.warning("skipped bad data: %s", reason)
+        if self._logged < self.FIRST_LOGGED:
+            self._logged += 1
+            log.warning("skipped bad data: %s", reason)
+            self._last_summary = time.monotonic()
+            return
+        self._unlogged += 1
+        if time.monotonic() - self._last_summary >= self.SUMMARY_EVERY_S:
+            log.warning("skipped %d more bad shards/samples (%d in all), latest: %s",
+                        self._unlogged, self.count, reason)
+            self._unlogged, self._last_summary = 0, time.monotonic()
 
     def handler(self, exn: BaseException) -> bool:
         self.add(repr(exn))  # webdataset appends the shard URL to exn.args
@@ -113,24 +166,13 @@ class SkipCounter:
 
 # ---------------------------------------------------------------------------- decoding
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
-
-
-def decode_edge(data: bytes) -> np.ndarray:
-    # as one channel on purpose: a generic PIL decode would give RGB
-    with Image.open(io.BytesIO(data)) as img:
-        return (np.asarray(img.convert("L")) >= 128).astype(np.uint8)
-
-
 def image_and_edge(image: bytes, edge: Optional[bytes],
                    size: int) -> tuple[np.ndarray, np.ndarray]:
     """Shard bytes -> (rgb uint8, edge {0,1}); shards made at another size are resized and
     their edges recomputed at this size (Canny depends on scale)."""
-    rgb = decode_rgb(image)
+    rgb = decode_rgb(image)[0]
     if rgb.shape[0] == rgb.shape[1] == size and edge is not None:
-        return rgb, decode_edge(edge)
+        return rgb, decode_mask(edge)  # an edge map is stored as a mask is: 0/255 PNG
     rgb = resize_rgb(center_square(rgb), size)
     return rgb, (canny_edges(rgb) > 0).astype(np.uint8)
 
@@ -232,13 +274,15 @@ class TrainStream(IterableDataset):
 
     def __init__(self, shards: list[str], masks: MaskPool, *, image_size: int, batch_size: int,
                  shuffle_buffer: int, flip: bool, batches_per_epoch: int, seed: int, rank: int,
-                 world_size: int, num_workers: int, skip_batches: int, skips: SkipCounter):
+                 world_size: int, num_workers: int, skip_batches: int, skips: SkipCounter,
+                 max_bad_samples: int):
         super().__init__()
         self.shards, self.masks, self.skips = shards, masks, skips
         self.image_size, self.batch_size, self.flip = image_size, batch_size, flip
         self.shuffle_buffer, self.batches_per_epoch = shuffle_buffer, batches_per_epoch
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers, self.skip_batches = max(1, num_workers), skip_batches
+        self.max_bad_samples = max_bad_samples
         self._iterations = 0  # per process copy: persistent workers keep counting
         self._draws_without_sample = 0  # shard draws since the last sample (all-bad guard)
 
@@ -256,12 +300,15 @@ class TrainStream(IterableDataset):
         logical = (worker + offset) % self.workers
         yield from self._batches(logical, epoch, skip=len(range(logical, offset, self.workers)))
 
+    def _pool(self, logical: int) -> list[str]:
+        streams = self.world_size * self.workers
+        stream = self.rank * self.workers + logical
+        return self.shards[stream::streams] if len(self.shards) >= streams else self.shards
+
     def _shard_urls(self, logical: int, epoch: int):
         """Resampled shard draws; disjoint shard subsets per (rank, worker) when there are
         enough shards, all shards otherwise (resampling keeps every stream the same length)."""
-        streams = self.world_size * self.workers
-        stream = self.rank * self.workers + logical
-        pool = self.shards[stream::streams] if len(self.shards) >= streams else self.shards
+        pool = self._pool(logical)
         rng = random.Random(f"shards:{self.seed}:{self.rank}:{logical}:{epoch}")
         while True:
             self._draws_without_sample += 1
@@ -280,7 +327,7 @@ class TrainStream(IterableDataset):
                               rng=random.Random(f"shuffle:{tag}"))(samples)
         rng = np.random.default_rng([self.seed, self.rank, logical, epoch])
         to_skip = skip * self.batch_size
-        produced, batch = skip, []
+        produced, batch, bad_streak = skip, [], 0
         for sample in samples:
             self._draws_without_sample = 0
             flip = self.flip and rng.random() < 0.5
@@ -294,7 +341,14 @@ class TrainStream(IterableDataset):
                 mask = mask_at(decode_mask(self.masks.pngs[mask_index]), self.image_size)
             except Exception as err:  # noqa: BLE001 - one bad sample must not stop training
                 self.skips.add(f"{sample.get('__url__')} sample {sample.get('__key__')}: {err!r}")
+                bad_streak += 1
+                if bad_streak >= self.max_bad_samples:
+                    raise DataError(
+                        f"{bad_streak} samples in a row failed to decode (data.max_bad_samples) "
+                        f"in shards {_names(self._pool(logical), 3)}: are they image shards? "
+                        f"Last: sample {sample.get('__key__')}: {err}") from None
                 continue
+            bad_streak = 0
             if flip:  # a view: collate's np.stack makes the one copy
                 rgb, edge = rgb[:, ::-1], edge[:, ::-1]
             batch.append((rgb, edge, mask))
@@ -323,7 +377,7 @@ def train_loader(data_cfg, seed: int, rank: int, world_size: int,
         shuffle_buffer=max(1, data_cfg.shuffle_buffer), flip=data_cfg.flip,
         batches_per_epoch=max(1, data_cfg.samples_per_epoch // data_cfg.batch_size), seed=seed,
         rank=rank, world_size=world_size, num_workers=data_cfg.num_workers,
-        skip_batches=skip_batches, skips=skips)
+        skip_batches=skip_batches, skips=skips, max_bad_samples=data_cfg.max_bad_samples)
     workers = data_cfg.num_workers
     loader = DataLoader(stream, batch_size=None, num_workers=workers,
                         persistent_workers=workers > 0,  # keeps each worker's epoch count

@@ -1,4 +1,4 @@
-"""Decode any image file into a square RGB uint8 array, and the edge map that goes with it.
+"""Find image files, decode any of them into a square RGB uint8 array, and compute its edge map.
 
 Everything that can be wrong with a file (not an image, truncated, a decompression bomb, an odd
 pixel format) surfaces as `ImageError(reason)`, so callers can record the reason and go on.
@@ -6,9 +6,12 @@ pixel format) surfaces as `ImageError(reason)`, so callers can record the reason
 from __future__ import annotations
 
 import io
+import os
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,11 +22,98 @@ Source = Union[str, Path, BinaryIO, bytes]
 # skimage.color.rgb2gray's weights (what EdgeConnect uses before Canny); data.py uses the same
 GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
 EXIF_ORIENTATION = 0x0112
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 class ImageError(ValueError):
     """An input that cannot become a training image; str(err) is the reason."""
 
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One input: a file on disk, or encoded bytes with a descriptive source label."""
+    key: str
+    source: str
+    data: Optional[bytes] = None
+
+
+# ---------------------------------------------------------------------------- finding inputs
+
+def natural_key(text: str) -> list:
+    """Sort "img2" before "img10" (CelebA-HQ's 0.jpg .. 29999.jpg need numeric order)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def make_key(relative: str) -> str:
+    """Stable WebDataset key from a relative path: no dots (WebDataset splits on the first)."""
+    return re.sub(r"[^A-Za-z0-9_\-/]", "_", relative).strip("/")
+
+
+def _unique(key: str, used: set[str]) -> str:
+    """`key`, or key-2, key-3 ...: distinct inputs whose names map to one key all keep a key."""
+    candidate, n = key, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{key}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _walk(root: Path, visited: set[str], skipped: list[dict]) -> list[tuple[Path, str]]:
+    """(file, path relative to root) below root, following symlinked folders once each:
+    a folder reached a second time (a link loop, or two links to one folder) is skipped."""
+    found = []
+
+    def on_error(err: OSError) -> None:
+        skipped.append({"path": err.filename, "reason": f"unreadable: {err.strerror}"})
+
+    for dirpath, dirs, files in os.walk(root, onerror=on_error, followlinks=True):
+        visited.add(os.path.realpath(dirpath))
+        for name in sorted(dirs):
+            path = Path(dirpath) / name
+            if os.path.realpath(path) in visited:
+                dirs.remove(name)
+                skipped.append({"path": str(path), "reason": "folder already read (a symlink "
+                                f"to {os.path.realpath(path)}, or reached through one)"})
+            else:
+                visited.add(os.path.realpath(path))
+        for name in files:
+            path = Path(dirpath) / name
+            found.append((path, path.relative_to(root).as_posix()))
+    return found
+
+
+def find_inputs(sources: Sequence[str], exts: Sequence[str]
+                ) -> tuple[list[ImageInput], list[dict]]:
+    """Walk sources recursively. Every entry found is an input or a skipped {path, reason}."""
+    inputs: list[ImageInput] = []
+    skipped: list[dict] = []
+    used: set[str] = set()
+    visited: set[str] = set()
+    prefix_keys = len(sources) > 1
+    for src in sources:
+        root = Path(src)
+        if not root.exists() and not root.is_symlink():
+            skipped.append({"path": src, "reason": "does not exist"})
+            continue
+        if not root.is_dir():
+            found = [(root, root.name)]
+        elif os.path.realpath(root) in visited:
+            skipped.append({"path": src, "reason": "folder already read"})
+            continue
+        else:
+            found = _walk(root, visited, skipped)
+        for path, rel in sorted(found, key=lambda item: natural_key(item[1])):
+            if path.suffix.lower() not in exts:
+                skipped.append({"path": str(path),
+                                "reason": f"not an image file extension ({path.suffix or 'none'})"})
+                continue
+            key = _unique(make_key(f"{root.name}/{rel}" if prefix_keys else rel), used)
+            inputs.append(ImageInput(key, str(path)))
+    return inputs, skipped
+
+
+# ---------------------------------------------------------------------------- decoding
 
 def open_image(source: Source, draft_size: Optional[int] = None) -> Image.Image:
     """Image.open + load, with every failure turned into ImageError(reason).

@@ -10,15 +10,24 @@ own pixel, bit for bit. The model sees a hole that covers every full-resolution 
 low-resolution pixel is a hole if any pixel under it is), so no hole content leaks into the input.
 Fine detail inside large holes is therefore limited by the model's resolution.
 
-The mask must have the image's size, white = hole (>= 128 after greyscale conversion);
---invert-mask for black holes.
+The mask must have the image's size, white = hole (>= 128 after greyscale conversion; a mask
+stored as 0/1 values reads 1 as white); --invert-mask for black holes.
+
 Nearly binary masks (JPEG ringing) are accepted: values are thresholded at 128 as long as at most
 1 % of the pixels lie between 32 and 223; anything greyer is refused as not a mask.
+
+Output formats: --out's extension picks one. PNG, BMP, TIFF, PPM and WebP (written lossless) keep
+every known pixel bit-exact. JPEG cannot: it changes known pixels too (by tens of levels near
+edges), so .jpg/.jpeg is refused unless --allow-lossy is given, and then the report says so.
+--out is checked (extension, a writable folder) before the model runs, and written under a
+temporary name then renamed, so a failed run leaves an existing file as it was.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +35,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from pipeline import exit_codes
 from pipeline.inference import InferenceError, load_model, model_fill
 from pipeline.images import ImageError, decode_rgb, open_image, to_gray
+from pipeline.masks import mask_levels
 from pipeline.metrics import to_uint8
 
 GREY_LOW, GREY_HIGH = 32, 223  # a mask pixel outside [0, 32) and (223, 255] is "grey"
 MAX_GREY_FRACTION = 0.01
+# extension -> (Pillow format, save options); every one stores RGB uint8 exactly
+LOSSLESS = {".png": ("PNG", {}), ".bmp": ("BMP", {}), ".tif": ("TIFF", {}),
+            ".tiff": ("TIFF", {}), ".ppm": ("PPM", {}), ".webp": ("WEBP", {"lossless": True})}
+LOSSY = {".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+         ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0})}
 
 
 class InpaintError(ValueError):
@@ -59,7 +75,7 @@ def read_mask(path: str, size_wh: tuple[int, int], invert: bool) -> np.ndarray:
     if img.size != size_wh:
         raise InpaintError(f"mask {path} is {img.size[0]}x{img.size[1]} but the image is "
                            f"{size_wh[0]}x{size_wh[1]}; they must match")
-    grey = np.asarray(img.convert("L"))
+    grey = mask_levels(img) * 255
     fraction = np.mean((grey >= GREY_LOW) & (grey <= GREY_HIGH))
     if fraction > MAX_GREY_FRACTION:
         raise InpaintError(f"mask {path} is not binary: {100 * fraction:.1f} % of its pixels are "
@@ -67,6 +83,46 @@ def read_mask(path: str, size_wh: tuple[int, int], invert: bool) -> np.ndarray:
                            f"white = hole")
     hole = grey >= 128
     return ~hole if invert else hole
+
+
+def output_format(out: str, allow_lossy: bool) -> tuple[str, dict]:
+    """(Pillow format, save options) for --out, after checking its extension and folder."""
+    path = Path(out)
+    ext = path.suffix.lower()
+    if path.is_dir():
+        raise InpaintError(f"--out {out} is a directory; give a file name")
+    if ext in LOSSY and not allow_lossy:
+        raise InpaintError(f"--out {out}: JPEG would change the known pixels too; use .png "
+                           f"(lossless), or pass --allow-lossy to accept that")
+    if ext not in LOSSLESS and ext not in LOSSY:
+        named = f"extension '{ext}'" if ext else "no extension"
+        raise InpaintError(f"--out {out}: {named}; use one of "
+                           f"{', '.join(sorted(LOSSLESS))} (lossless) or .jpg with --allow-lossy")
+    folder = path.parent
+    while not folder.exists():  # the nearest existing folder is where the new ones would go
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a directory")
+        with tempfile.TemporaryFile(dir=folder):
+            pass  # a real probe: permission bits say nothing for root or read-only mounts
+    except OSError as err:
+        raise InpaintError(f"--out {out}: cannot write into {folder}: "
+                           f"{err.strerror or err}") from None
+    return LOSSLESS.get(ext) or LOSSY[ext]
+
+
+def write_output(out: str, rgb: np.ndarray, fmt: tuple[str, dict]) -> None:
+    """Write under a temporary sibling name, then rename over --out."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        Image.fromarray(rgb).save(part, format=fmt[0], **fmt[1])
+        os.replace(part, path)
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        raise InpaintError(f"--out {out}: cannot write: {err.strerror or err}") from None
 
 
 def pad_to_square(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -116,7 +172,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image", required=True, help="image file, any size")
     p.add_argument("--mask", required=True, help="mask file of the same size, white = hole")
     p.add_argument("--invert-mask", action="store_true", help="black = hole")
-    p.add_argument("--out", required=True, help="output image (PNG keeps it lossless)")
+    p.add_argument("--out", required=True,
+                   help="output image; .png/.bmp/.tif/.ppm/.webp keep known pixels bit-exact")
+    p.add_argument("--allow-lossy", action="store_true",
+                   help="allow a .jpg/.jpeg --out (known pixels then change too)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -127,19 +186,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
+        fmt = output_format(args.out, args.allow_lossy)
         rgb = read_rgb(args.image)
         hole = read_mask(args.mask, (rgb.shape[1], rgb.shape[0]), args.invert_mask)
         if not hole.any():
             raise InpaintError(f"mask {args.mask} has no hole pixels (white = hole; "
                                f"--invert-mask if the holes are black)")
         g1, g2, info = load_model(args.checkpoint, args.edge_checkpoint, args.device)
+        size = int(info["cfg"].data.image_size)
+        out, done = inpaint_image(rgb, hole, g1, g2, size, args.device)
+        write_output(args.out, out, fmt)
     except (InpaintError, InferenceError) as err:
-        sys.exit(f"inpaint.py: error: {err}")
-
-    size = int(info["cfg"].data.image_size)
-    out, done = inpaint_image(rgb, hole, g1, g2, size, args.device)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(out).save(args.out)
+        print(f"inpaint.py: error: {err}", file=sys.stderr)
+        sys.exit(exit_codes.SETUP)
     h, w = hole.shape
     ratio = done["hole_pixels"] / hole.size
     steps = [f"image {w}x{h}, hole {100 * ratio:.1f} % ({done['hole_pixels']} pixels)"]
@@ -148,8 +207,10 @@ def main(argv=None) -> None:
     if (h, w) != (size, size):
         padded = f"reflect-padded to {done['square']}x{done['square']}, " if h != w else ""
         steps.append(f"{padded}resized to {size}x{size} for the model, prediction resized back")
+    exact = ("known pixels unchanged" if fmt[0] != "JPEG" else
+             "known pixels are NOT bit-exact: JPEG changed them too (--allow-lossy)")
     steps.append(f"G1 -> G2 from {info['path']} (step {info['meta'].get('step')}) on "
-                 f"{args.device}; only hole pixels replaced, known pixels unchanged")
+                 f"{args.device}; only hole pixels replaced, {exact}")
     print("; ".join(steps) + f"\nwrote {args.out}")
 
 

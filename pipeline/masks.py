@@ -34,20 +34,27 @@ def hole_ratio(mask: np.ndarray) -> float:
     return float(np.count_nonzero(mask)) / mask.size
 
 
+def mask_levels(img: Image.Image) -> np.ndarray:
+    """A mask image's pixels as HxW float64 in [0, 1], 1 = white.
+
+    Full scale is read off the values: 16-bit masks use 0..65535, most use 0..255, and a mask
+    whose largest value is 1 was stored as 0/1 (a common way to save a label map)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+    else:
+        arr = np.asarray(img.convert("L"), dtype=np.float64)
+    peak = arr.max(initial=0.0)
+    full = 65535.0 if peak > 255 else 255.0 if peak > 1 else 1.0
+    return arr / full
+
+
 def load_mask(source: Source, size: int, invert: bool = False) -> np.ndarray:
     """Mask file (white = hole) -> size x size uint8 {0,1}: binarised at 0.5, nearest resize.
 
     Non-square masks are centre-cropped like the images they are paired with. Bad files raise
     ImageError(reason), as images do.
     """
-    img = open_image(source)
-    if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        full = 65535.0 if img.mode.startswith("I") and arr.max(initial=0) > 255 else 255.0
-        full = 1.0 if img.mode == "F" and arr.max(initial=0) <= 1.0 else full
-        hole = arr / full >= 0.5
-    else:
-        hole = np.asarray(img.convert("L")) >= 128
+    hole = mask_levels(open_image(source)) >= 0.5
     if invert:
         hole = ~hole
     hole = center_square(hole)
@@ -66,7 +73,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 
 def decode_mask(data: bytes) -> np.ndarray:
-    """The PNG written by encode_mask -> HxW uint8 {0,1}; decoded as one channel on purpose."""
+    """A 0/255 PNG as encode_mask writes it (a mask, or an edge map) -> HxW uint8 {0,1}; decoded
+    as one channel on purpose (a generic decode gives RGB)."""
     with Image.open(io.BytesIO(data)) as img:
         return (np.asarray(img.convert("L")) >= 128).astype(np.uint8)
 
@@ -156,7 +164,7 @@ def generate_mask(rng: np.random.Generator, size: int, bucket: int,
 
     Strokes grow step by step until the hole area reaches a target drawn inside the bucket; steps
     that would overshoot the bucket are undone and retried finer (rejection sampling of whole
-    masks accepts only a small fraction, see FACTS.md).
+    masks would accept only a small fraction of draws).
     """
     lo, hi = BUCKETS[bucket]
     total = size * size

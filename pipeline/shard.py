@@ -8,11 +8,15 @@
 
 Every output folder gets an index.json: shards (name, samples, sha256), `samples`, `inputs`,
 `skipped` ([{path, reason}]) and the command line; inputs == samples + len(skipped).
-The exit status is 0 when every folder written holds at least one sample.
+The exit status is 0 when every folder written holds at least one sample, else 2 with a
+one-line reason. OUT is replaced only by a complete new set: everything is written into a
+temporary sibling (.OUT.partial-PID) first, so a failed, interrupted or out-of-disk run leaves
+OUT exactly as it was. OUT may hold only what shard.py writes (shards, index.json, split folders).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import io
 import json
@@ -20,23 +24,29 @@ import multiprocessing
 import os
 import re
 import shlex
+import shutil
+import signal
 import sys
 import tarfile
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Generator, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.images import ImageError, canny_edges, read_image
+from pipeline import exit_codes
+from pipeline.images import (IMAGE_EXTS, ImageError, ImageInput, canny_edges, find_inputs,
+                             read_image)
 from pipeline.masks import (BUCKETS, bucket_name, bucket_of, encode_mask, generate_mask,
                             hole_ratio, load_mask)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 SHARD_PATTERN = "shard-{:06d}.tar"
+# what shard.py writes into a set (a .part shard: left by an interrupted older version)
+OWN_FILE = re.compile(r"^(shard-\d{6}\.tar(\.part)?|index\.json)$")
 JPEG_QUALITY = 95
 # Paris StreetView as distributed by Pathak et al. (and as re-packed by others): first match wins
 PARIS_TRAIN_DIRS = ("paris_train_original", "paris_train", "train")
@@ -51,12 +61,8 @@ class ShardError(RuntimeError):
     """Nothing usable was written; the message says why."""
 
 
-@dataclass(frozen=True)
-class Job:
-    """One input: a file on disk, or encoded bytes with a descriptive source label."""
-    key: str
-    source: str
-    data: Optional[bytes] = None
+class NoSamplesError(ShardError):
+    """Every input was skipped."""
 
 
 @dataclass
@@ -68,59 +74,9 @@ class Result:
     meta: Optional[dict] = None
 
 
-# ---------------------------------------------------------------------------- finding inputs
-
-def natural_key(text: str) -> list:
-    """Sort "img2" before "img10" (CelebA-HQ's 0.jpg .. 29999.jpg need numeric order)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def make_key(relative: str) -> str:
-    """Stable WebDataset key from a relative path: no dots (WebDataset splits on the first)."""
-    return re.sub(r"[^A-Za-z0-9_\-/]", "_", relative).strip("/")
-
-
-def find_inputs(sources: Sequence[str], exts: Sequence[str]) -> tuple[list[Job], list[dict]]:
-    """Walk sources recursively. Every entry found is a Job or a skipped {path, reason}."""
-    jobs: list[Job] = []
-    skipped: list[dict] = []
-    seen: dict[str, str] = {}
-    prefix_keys = len(sources) > 1
-    for src in sources:
-        root = Path(src)
-        if not root.exists() and not root.is_symlink():
-            skipped.append({"path": src, "reason": "does not exist"})
-            continue
-        if root.is_file() or (root.is_symlink() and not root.is_dir()):
-            found = [(root, root.name)]
-        else:
-            found = []
-
-            def on_error(err: OSError) -> None:
-                skipped.append({"path": err.filename, "reason": f"unreadable: {err.strerror}"})
-
-            for dirpath, _dirs, files in os.walk(root, onerror=on_error):
-                for name in files:
-                    path = Path(dirpath) / name
-                    found.append((path, path.relative_to(root).as_posix()))
-        for path, rel in sorted(found, key=lambda item: natural_key(item[1])):
-            if path.suffix.lower() not in exts:
-                skipped.append({"path": str(path),
-                                "reason": f"not an image file extension ({path.suffix or 'none'})"})
-                continue
-            key = make_key(f"{root.name}/{rel}" if prefix_keys else rel)
-            if key in seen:
-                skipped.append({"path": str(path),
-                                "reason": f"key '{key}' already used by {seen[key]}"})
-                continue
-            seen[key] = str(path)
-            jobs.append(Job(key, str(path)))
-    return jobs, skipped
-
-
 # ---------------------------------------------------------------------------- per-sample work
 
-def _read(job: Job):
+def _read(job: ImageInput):
     return job.data if job.data is not None else job.source
 
 
@@ -140,7 +96,7 @@ def encode_edge(edge: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def image_sample(job: Job, size: int, fmt: str, min_size: int) -> Result:
+def image_sample(job: ImageInput, size: int, fmt: str, min_size: int) -> Result:
     try:
         rgb, (width, height) = read_image(_read(job), size)
     except ImageError as err:
@@ -169,7 +125,7 @@ def _mask_result(key: str, source: str, mask: np.ndarray) -> Result:
     return Result(key, source, files=files, meta=meta)
 
 
-def mask_sample(job: Job, size: int, invert: bool) -> Result:
+def mask_sample(job: ImageInput, size: int, invert: bool) -> Result:
     try:
         mask = load_mask(_read(job), size, invert=invert)
     except ImageError as err:
@@ -186,14 +142,17 @@ def generated_mask(index: int, size: int, seed: int, boxes: bool) -> Result:
     return _mask_result(f"gen_{index:07d}", f"generated seed={seed} index={index}", mask)
 
 
-def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str) -> Iterator:
+def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str
+                 ) -> Generator[Result, None, None]:
     """fn over items in input order, on `workers` processes, with a progress bar."""
     bar = dict(total=len(items), desc=desc, unit="img", mininterval=1.0, dynamic_ncols=True)
     if workers <= 1 or len(items) < 2:
         yield from tqdm(map(fn, items), **bar)
         return
     chunk = max(1, min(32, len(items) // (workers * 8)))
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # workers die quietly on the SIGTERM with which the pool stops them (not via _stop)
+    with multiprocessing.get_context("fork").Pool(
+            workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
         yield from tqdm(pool.imap(fn, items, chunksize=chunk), **bar)
 
 
@@ -211,7 +170,7 @@ class ShardWriter:
     def add(self, key: str, files: dict) -> None:
         if self._tar is None:
             name = SHARD_PATTERN.format(len(self.shards))
-            self._tar = tarfile.open(self.out / (name + ".part"), "w", format=tarfile.USTAR_FORMAT)
+            self._tar = tarfile.open(self.out / name, "w", format=tarfile.USTAR_FORMAT)
             self._name, self._count = name, 0
         for ext, data in files.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
@@ -223,8 +182,6 @@ class ShardWriter:
 
     def _finish(self) -> None:
         self._tar.close()
-        part = self.out / (self._name + ".part")
-        part.replace(self.out / self._name)
         digest = hashlib.sha256((self.out / self._name).read_bytes()).hexdigest()
         self.shards.append({"name": self._name, "samples": self._count, "sha256": digest})
         self._tar = None
@@ -235,38 +192,100 @@ class ShardWriter:
         return self.shards
 
 
-def prepare_out(out: Path) -> None:
-    """Create OUT; clear shards of an earlier run so a directory spec never mixes two runs."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("shard-*.tar")) + list(out.glob("shard-*.tar.part")):
-        old.unlink()
-    (out / "index.json").unlink(missing_ok=True)
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
-def write_set(out: Path, results: Iterable[Result], skipped: list[dict], inputs: int,
-              shard_size: int, info: dict) -> dict:
-    """Write results to shards in order; returns (and saves) the index."""
-    prepare_out(out)
+def _no_space(out: Path, done: int, inputs: int) -> ShardError:
+    """The out-of-disk message: how much this set needs (extrapolated) and how much is free."""
+    written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    needed = written * inputs / max(done, 1)
+    free = shutil.disk_usage(out).free + written  # the partial set is removed on the way out
+    return ShardError(f"no space left on device for --out: the new set needs about "
+                      f"{_mib(needed)} ({_mib(written)} for {done} of {inputs} inputs), "
+                      f"{_mib(free)} are free; the old OUT stays until the new one is complete, "
+                      f"so both must fit")
+
+
+def write_set(out: Path, results: Generator[Result, None, None], skipped: list[dict],
+              inputs: int, shard_size: int, info: dict) -> dict:
+    """Write results (from run_parallel) to shards in order into the new folder `out`; returns
+    (and saves) the index."""
+    out.mkdir(parents=True)
     writer = ShardWriter(out, shard_size)
     skipped = list(skipped)
     buckets = [0] * len(BUCKETS)
-    for result in results:
-        if result.files is None:
-            skipped.append({"path": result.source, "reason": result.reason})
-            continue
-        writer.add(result.key, result.files)
-        if result.meta is not None and "bucket" in result.meta:
-            buckets[result.meta["bucket"]] += 1
-    shards = writer.close()
-    index = {**info, "inputs": inputs, "samples": sum(s["samples"] for s in shards),
-             "shards": shards, "skipped": skipped, "command": shlex.join(sys.argv)}
-    if info.get("kind") == "masks":
-        index["buckets"] = {bucket_name(i): n for i, n in enumerate(buckets)}
-    (out / "index.json").write_text(json.dumps(index, indent=1))
+    done = 0
+    try:
+        with closing(results):  # on an error, too: its progress bar ends before the message
+            for done, result in enumerate(results, start=1):
+                if result.files is None:
+                    skipped.append({"path": result.source, "reason": result.reason})
+                    continue
+                writer.add(result.key, result.files)
+                if result.meta is not None and "bucket" in result.meta:
+                    buckets[result.meta["bucket"]] += 1
+        shards = writer.close()
+        index = {**info, "inputs": inputs, "samples": sum(s["samples"] for s in shards),
+                 "shards": shards, "skipped": skipped, "command": shlex.join(sys.argv)}
+        if info.get("kind") == "masks":
+            index["buckets"] = {bucket_name(i): n for i, n in enumerate(buckets)}
+        (out / "index.json").write_text(json.dumps(index, indent=1))
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _no_space(out, done, inputs) from None
+        raise
     return index
 
 
-def shard_image_jobs(jobs: list[Job], skipped: list[dict], out: Path, args) -> dict:
+def _foreign(path: Path) -> list[Path]:
+    """What under `path` shard.py did not write (its own: shards, index.json, split folders)."""
+    if not path.is_dir():
+        return [path]
+    found = []
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            found += _foreign(child)
+        elif not OWN_FILE.match(child.name):
+            found.append(child)
+    return found
+
+
+@contextmanager
+def replaced_when_complete(out: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of OUT to write into; it replaces OUT only when the block
+    succeeds. On any error or interruption it is removed and OUT is left as it was; only where
+    OUT holds no shards, a set without samples still goes in for its index.json (it says why)."""
+    existed = out.exists() or out.is_symlink()
+    if existed:
+        foreign = _foreign(out)
+        if foreign:
+            raise ShardError(f"--out {out} holds files shard.py did not write (e.g. "
+                             f"{foreign[0]}); give a new folder or a shard folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+
+    def swap_in() -> None:
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if existed:
+            os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+
+    try:
+        yield staging
+        swap_in()
+    except NoSamplesError as err:
+        if existed and any(out.rglob("shard-*.tar")):
+            raise NoSamplesError(f"{err}; {out} is unchanged") from None
+        swap_in()
+        raise NoSamplesError(f"{err}; {out / 'index.json'} lists them") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def shard_image_jobs(jobs: list[ImageInput], skipped: list[dict], out: Path, args) -> dict:
     fn = partial(image_sample, size=args.size, fmt=args.format, min_size=args.min_size)
     results = run_parallel(fn, jobs, args.workers, f"images -> {out}")
     info = {"kind": "images", "size": args.size, "format": args.format}
@@ -279,10 +298,10 @@ def report(out: Path, index: dict) -> None:
     for item in index["skipped"][:10]:
         print(f"  skipped {item['path']}: {item['reason']}", file=sys.stderr)
     if len(index["skipped"]) > 10:
-        print(f"  ... {len(index['skipped']) - 10} more in {out / 'index.json'}", file=sys.stderr)
+        print(f"  ... {len(index['skipped']) - 10} more (index.json lists them)", file=sys.stderr)
     if index["samples"] == 0:
-        raise ShardError(f"no samples written to {out}: every input was skipped "
-                         f"({index['inputs']} inputs; see 'skipped' in {out / 'index.json'})")
+        raise NoSamplesError(f"no samples written to {out}: every input was skipped "
+                             f"({index['inputs']} inputs, reasons above)")
 
 
 def write_summary(out: Path, splits: dict[str, dict]) -> None:
@@ -296,12 +315,20 @@ def write_summary(out: Path, splits: dict[str, dict]) -> None:
     (out / "index.json").write_text(json.dumps(summary, indent=1))
 
 
+def finish_splits(out: Path, staging: Path, indexes: dict[str, dict]) -> None:
+    """Summary index into the staging folder, then each split's report (under OUT's name)."""
+    write_summary(staging, indexes)
+    for name, index in indexes.items():
+        report(out / name, index)
+
+
 # ---------------------------------------------------------------------------- commands
 
 def cmd_images(args) -> None:
     jobs, skipped = find_inputs(args.src, IMAGE_EXTS)
     out = Path(args.out)
-    report(out, shard_image_jobs(jobs, skipped, out, args))
+    with replaced_when_complete(out) as staging:
+        report(out, shard_image_jobs(jobs, skipped, staging, args))
 
 
 def cmd_masks(args) -> None:
@@ -313,26 +340,27 @@ def cmd_masks(args) -> None:
             raise ShardError(f"--generate {args.generate}: must be a positive multiple of "
                              f"{len(BUCKETS)} so that every bucket gets the same count")
         fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=args.boxes)
-        results = run_parallel(fn, range(args.generate), args.workers, f"masks -> {out}")
+        items, skipped = range(args.generate), []
         info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed,
                 "boxes": args.boxes}
-        index = write_set(out, results, [], args.generate, args.shard_size, info)
     else:
         if not args.src:
             raise ShardError("masks: give SRC folders of mask images, or --generate N")
-        jobs, skipped = find_inputs(args.src, IMAGE_EXTS)
+        items, skipped = find_inputs(args.src, IMAGE_EXTS)
         fn = partial(mask_sample, size=args.size, invert=args.invert)
-        results = run_parallel(fn, jobs, args.workers, f"masks -> {out}")
         info = {"kind": "masks", "size": args.size, "invert": args.invert}
-        index = write_set(out, results, skipped, len(jobs) + len(skipped), args.shard_size, info)
-    report(out, index)
+    with replaced_when_complete(out) as staging:
+        results = run_parallel(fn, items, args.workers, f"masks -> {out}")
+        index = write_set(staging, results, skipped, len(items) + len(skipped), args.shard_size,
+                          info)
+        report(out, index)
 
 
 def _first_dir(root: Path, names: Sequence[str]) -> Optional[Path]:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
-def paris_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
+def paris_splits(root: Path) -> dict[str, tuple[list[ImageInput], list[dict]]]:
     train, test = _first_dir(root, PARIS_TRAIN_DIRS), _first_dir(root, PARIS_TEST_DIRS)
     if train is None or test is None:
         raise ShardError(f"{root} is not a Paris StreetView folder: expected a train folder "
@@ -342,7 +370,7 @@ def paris_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
             "test": find_inputs([str(test)], IMAGE_EXTS)}
 
 
-def celeba_splits(root: Path) -> dict[str, tuple[list[Job], list[dict]]]:
+def celeba_splits(root: Path) -> dict[str, tuple[list[ImageInput], list[dict]]]:
     folder = _first_dir(root, CELEBA_DIRS) or root
     jobs, skipped = find_inputs([str(folder)], IMAGE_EXTS)
     splits = {"train": ([], []), "test": ([], [])}
@@ -363,12 +391,10 @@ def cmd_dataset(args) -> None:
     if not root.is_dir():
         raise ShardError(f"--root {root}: not a directory")
     splits = paris_splits(root) if args.name == "paris" else celeba_splits(root)
-    indexes = {}
-    for name, (jobs, skipped) in splits.items():
-        indexes[name] = shard_image_jobs(jobs, skipped, out / name, args)
-    write_summary(out, indexes)
-    for name, index in indexes.items():
-        report(out / name, index)
+    with replaced_when_complete(out) as staging:
+        indexes = {name: shard_image_jobs(jobs, skipped, staging / name, args)
+                   for name, (jobs, skipped) in splits.items()}
+        finish_splits(out, staging, indexes)
 
 
 def bundled_photos() -> dict[str, np.ndarray]:
@@ -387,7 +413,7 @@ def bundled_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def photo_crops(name: str, photo: np.ndarray, crops: int) -> list[Job]:
+def photo_crops(name: str, photo: np.ndarray, crops: int) -> list[ImageInput]:
     """The centre square plus random squares of 55-90 % of the short side, as BMP bytes."""
     rng = np.random.default_rng(list(name.encode()))  # fixed per photo, independent of order
     h, w = photo.shape[:2]
@@ -399,7 +425,7 @@ def photo_crops(name: str, photo: np.ndarray, crops: int) -> list[Job]:
         buf = io.BytesIO()
         Image.fromarray(photo[top:top + side, left:left + side]).save(buf, format="BMP")
         label = f"bundled:{name} crop x={left} y={top} side={side}"
-        jobs.append(Job(f"{name}_{i:02d}", label, data=buf.getvalue()))
+        jobs.append(ImageInput(f"{name}_{i:02d}", label, data=buf.getvalue()))
     return jobs
 
 
@@ -409,18 +435,20 @@ def cmd_sample(args) -> None:
         raise ShardError(f"--masks {args.masks}: must be a multiple of {len(BUCKETS)} "
                          "so that every bucket gets the same count")
     photos = bundled_photos()
-    splits: dict[str, list[Job]] = {"train": [], "test": []}
+    splits: dict[str, list[ImageInput]] = {"train": [], "test": []}
     for name in sorted(photos):
         split = "test" if name in SAMPLE_TEST_PHOTOS else "train"
         splits[split].extend(photo_crops(name, photos[name], args.crops))
-    indexes = {name: shard_image_jobs(jobs, [], out / name, args) for name, jobs in splits.items()}
-    fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=True)
-    masks = run_parallel(fn, range(args.masks), args.workers, f"masks -> {out / 'masks'}")
-    info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed, "boxes": True}
-    indexes["masks"] = write_set(out / "masks", masks, [], args.masks, args.shard_size, info)
-    write_summary(out, indexes)
-    for name, index in indexes.items():
-        report(out / name, index)
+    with replaced_when_complete(out) as staging:
+        indexes = {name: shard_image_jobs(jobs, [], staging / name, args)
+                   for name, jobs in splits.items()}
+        fn = partial(generated_mask, size=args.size, seed=args.seed, boxes=True)
+        masks = run_parallel(fn, range(args.masks), args.workers, f"masks -> {out / 'masks'}")
+        info = {"kind": "masks", "size": args.size, "generated": True, "seed": args.seed,
+                "boxes": True}
+        indexes["masks"] = write_set(staging / "masks", masks, [], args.masks, args.shard_size,
+                                     info)
+        finish_splits(out, staging, indexes)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -484,13 +512,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop(signum, frame) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the staging folder is removed and OUT stays as it was
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         args.func(args)
     except ShardError as err:
         print(f"shard.py {args.command}: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(exit_codes.SETUP)
+    except OSError as err:
+        print(f"shard.py {args.command}: error: {err.strerror or err}: {err.filename}",
+              file=sys.stderr)
+        sys.exit(exit_codes.SETUP)
+    except KeyboardInterrupt as err:
+        print(f"shard.py {args.command}: interrupted ({err or 'Ctrl-C'}); {args.out} is "
+              f"unchanged", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,16 @@
     python pipeline/train.py configs/experiment/demo.yaml train.stage=edge
 
 YAML files merge in order, then key=value overrides (see pipeline/config.py for every key).
-Exit status: 0 finished; 2 bad config or set-up; 3 stopped after too many non-finite steps;
-124 stopped by SIGTERM/SIGUSR1 after checkpointing (the SLURM scripts requeue on it); the codes
-are defined in pipeline/exit_codes.py.
+Exit status: 0 finished; 2 bad config, set-up or data (one line naming the key, file or shards),
+or no space left for a checkpoint (the earlier ones are kept); 3 stopped after too many
+non-finite steps; 124 stopped by SIGTERM/SIGUSR1 (the SLURM scripts requeue on it): after a
+checkpoint at the next step boundary, or, when no training data comes within 20 s of the
+signal (a stuck stream), at once, keeping the last checkpoint. The codes are defined in
+pipeline/exit_codes.py.
+
+One run per train.output_dir: a second one is refused (exit 2, naming the owner's host and PID);
+the lock of a run that is gone (same host, PID ended) or of the same SLURM job (requeued) is
+taken over with a message.
 """
 from __future__ import annotations
 
@@ -22,17 +29,18 @@ from typing import Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from omegaconf import DictConfig
+from accelerate.utils import broadcast_object_list, set_seed
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pipeline import checkpoint, exit_codes
 from pipeline.build import SetupError, build_networks, build_step_context
-from pipeline.config import ConfigError, load_config, split_args, to_yaml
+from pipeline.config import ConfigError, flatten, load_config, split_args, to_yaml
 from pipeline.data import DataError, eval_loader, eval_pairs, train_loader
 from pipeline.inference import complete_edges, inpaint, known_region_edges
 from pipeline.metrics import flat_metrics
 from pipeline.models.dina import resolve_backend
+from pipeline.output_lock import OutputDirBusy, OutputLock
 from pipeline.scoring import evaluate
 from pipeline.stage_table import STAGES
 from pipeline.stages import step_function
@@ -41,13 +49,29 @@ from pipeline.tracking import Tracker
 log = logging.getLogger("dina.train")
 
 
+# model keys that change no tensor shape: a resume may change them
+RESUME_MAY_DIFFER = ("model.attention.backend", "model.init_gain")
+
+# after a stop signal, how long the loop still waits for a batch before it gives up on the
+# checkpoint and stops at once (a stuck or endlessly bad data stream must not block a stop)
+DATA_GRACE_S = 20.0
+
+
+class StoppedWhileWaiting(BaseException):
+    """No batch came within DATA_GRACE_S of a stop signal. A BaseException, so that the data
+    code's `except Exception` (skip a bad sample, go on) cannot swallow it."""
+
+
 class StopRequest:
-    """SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeue. A second signal: exit now."""
+    """SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeue. A second signal: exit now.
+    If the next batch does not come within DATA_GRACE_S of the signal, stop without one."""
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self.waiting_for_data = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
+        signal.signal(signal.SIGALRM, self._give_up)
 
     def _handle(self, signum, frame):
         if self.signum is not None:
@@ -57,6 +81,23 @@ class StopRequest:
         self.signum = signum
         log.warning("%s received: stopping after this step with a checkpoint",
                     signal.Signals(signum).name)
+        if self.waiting_for_data:
+            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
+
+    def _give_up(self, signum, frame):
+        if self.waiting_for_data:
+            raise StoppedWhileWaiting(signal.Signals(self.signum).name)
+
+    def next_batch(self, batches):
+        """next(batches); after a stop signal, given at most DATA_GRACE_S."""
+        self.waiting_for_data = True
+        if self.signum is not None:
+            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
+        try:
+            return next(batches)
+        finally:
+            self.waiting_for_data = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def check_output_dir(path: Path, needed_bytes: int) -> None:
@@ -72,6 +113,34 @@ def check_output_dir(path: Path, needed_bytes: int) -> None:
         raise SetupError(f"output directory {path} has {free / 2**20:.0f} MiB free; the kept "
                          f"checkpoints need about {needed_bytes / 2**20:.0f} MiB: free space, "
                          f"lower train.ckpt_limit or change train.output_dir")
+
+
+def lock_output_dir(acc: Accelerator, path: Path) -> Optional[OutputLock]:
+    """Rank 0 takes the output directory's lock; every rank learns the outcome, so all ranks
+    stop together or go on together."""
+    lock, refusal = None, [None]
+    if acc.is_main_process:
+        lock = OutputLock(path)
+        try:
+            lock.acquire()
+        except OutputDirBusy as err:
+            refusal = [str(err)]
+    if acc.num_processes > 1:
+        broadcast_object_list(refusal, from_process=0)
+    if refusal[0]:
+        raise SetupError(refusal[0])
+    return lock
+
+
+def model_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """`key: saved -> now` for each model key (and optim.name) whose change breaks a resume."""
+    def shaping(c: DictConfig) -> dict[str, str]:
+        return {k: v for k, v in flatten(c).items()
+                if (k.startswith("model.") or k == "optim.name") and k not in RESUME_MAY_DIFFER}
+
+    before, now = shaping(saved), shaping(cfg)
+    return [f"{k}={before.get(k)} (this run: {now.get(k)})"
+            for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
 
 
 def image_grid(batch: dict, edges: torch.Tensor, output: torch.Tensor, rows: int = 4) -> np.ndarray:
@@ -100,6 +169,7 @@ class Trainer:
         n_params = sum(p.numel() for n in nets.values() for p in n.parameters())
         # weights + Ranger21's moments/lookahead (~4 copies), per kept checkpoint, plus one in flight
         check_output_dir(self.output_dir, n_params * 4 * 5 * (t.ckpt_limit + 1))
+        self.lock = lock_output_dir(acc, self.output_dir)
         self.trained = STAGES[t.stage].trains
         self.ctx = build_step_context(cfg, acc, nets)
         self.step = 0
@@ -123,8 +193,16 @@ class Trainer:
         spec = self.cfg.train.resume
         if not spec:
             return None
-        path = (checkpoint.find_latest(self.output_dir) if spec == "latest"
-                else checkpoint.resolve(spec))
+        if spec == "latest":
+            path, broken = checkpoint.latest_valid(self.output_dir)
+            if path is None and broken:
+                raise checkpoint.CheckpointError(
+                    f"train.resume=latest: none of the {len(broken)} checkpoints in "
+                    f"{checkpoint.checkpoint_root(self.output_dir)} is usable ("
+                    f"{'; '.join(broken)}); move them away to start fresh, or resume from a "
+                    f"good copy with train.resume=PATH")
+        else:
+            path = checkpoint.resolve(spec)
         if path is None:
             log.info("resume=latest: no checkpoint in %s yet, starting fresh", self.output_dir)
             return None
@@ -132,6 +210,10 @@ class Trainer:
         if meta.get("stage") != self.cfg.train.stage:
             raise SetupError(f"checkpoint {path} is of stage '{meta.get('stage')}', this run is "
                              f"'{self.cfg.train.stage}'")
+        differences = model_differences(OmegaConf.load(path / "config.yaml"), self.cfg)
+        if differences:
+            raise SetupError(f"checkpoint {path} was trained with {', '.join(differences)}; "
+                             f"resume with the same model, or use a new train.output_dir")
         self.accelerator.load_state(str(path))
         self.step = meta["step"]
         log.info("resumed from %s at step %d", path, self.step)
@@ -201,7 +283,7 @@ class Trainer:
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
         step_fn = step_function(t.stage)
         per_step = cfg.data.batch_size * acc.num_processes * t.grad_accum
-        batches = iter(self.loader)
+        batches = self._endless_batches()
         bad_streak, bad_total, first_bad = 0, 0, None
         window, window_start = [], time.perf_counter()
         bar = tqdm(total=t.steps, initial=self.step, disable=not acc.is_main_process,
@@ -209,63 +291,75 @@ class Trainer:
         exit_code, status = 0, "FINISHED"
         for net in self.trained:
             self.ctx.nets[net].train()
-        while self.step < t.steps:
-            for _ in range(t.grad_accum):
+        try:  # the bar ends before any error message is printed
+            while self.step < t.steps:
                 try:
-                    batch = next(batches)
-                except StopIteration:  # a stream epoch ended: start the next one
-                    batches = iter(self.loader)
-                    batch = next(batches)
-                batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()
-                         if torch.is_tensor(v)}
-                with acc.accumulate(*[self.ctx.nets[n] for n in self.trained]):
-                    logs = step_fn(self.ctx, batch)
-            self.step += 1
-            bar.update(1)
-            if logs.pop("ok"):
-                bad_streak, first_bad = 0, None
-                window.append({k: v.detach() for k, v in logs.items()})  # no sync per step
-            else:
-                bad_streak, bad_total = bad_streak + 1, bad_total + 1
-                first_bad = first_bad or self.step
-                log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
-                            self.step, bad_streak)
-                self.tracker.log_metrics({"train/skipped_steps": bad_total}, self.step)
-                if bad_streak >= t.max_bad_steps:
-                    path = self.save(first_bad - 1, "non-finite")
-                    log.error("%d consecutive non-finite steps (from step %d): stopped. The "
-                              "checkpoint %s holds the state from before step %d (skipped "
-                              "updates were never applied). Lower the learning rates or check "
-                              "the data, then resume from it.", bad_streak, first_bad, path,
-                              first_bad)
-                    exit_code, status = exit_codes.NONFINITE, "FAILED"
+                    micro_batches = [self.stop.next_batch(batches) for _ in range(t.grad_accum)]
+                except StoppedWhileWaiting as signame:
+                    log.warning("%s: no training data came within %.0f s, stopped at step %d "
+                                "without a new checkpoint (resume starts from the last one); "
+                                "exit %d for requeue", signame, DATA_GRACE_S, self.step,
+                                exit_codes.REQUEUE)
+                    exit_code, status = exit_codes.REQUEUE, "KILLED"
                     break
-            if self.step % t.log_every == 0 and window:
-                elapsed = time.perf_counter() - window_start
-                means = {k: torch.stack([w[k] for w in window]).float().mean().item()
-                         for k in window[0]}
-                means["train/samples_per_s"] = len(window) * per_step / elapsed
-                means["data/skipped_samples"] = self.loader.skips.count
-                self.tracker.log_metrics(means, self.step)
-                bar.set_postfix({k.split("/", 1)[-1]: f"{v:.3g}" for k, v in means.items()
-                                 if k.endswith(("/d", "/g", "samples_per_s"))})
-                window, window_start = [], time.perf_counter()
-            if self.step % t.val_every == 0 or self.step == t.steps:
-                self.validate(self.step)
-            stop_now = self._stop_agreed()
-            # no checkpoint inside a non-finite streak: resume must start from before it
-            saved = bad_streak == 0 and (self.step % t.ckpt_every == 0 or self.step == t.steps
-                                         or stop_now)
-            if saved:
-                self.save(self.step, "signal" if stop_now else "periodic")
-            if stop_now:
-                log.warning("stopped at step %d by signal (%s); exit %d for requeue", self.step,
-                            "checkpoint written" if saved else "inside a non-finite streak: "
-                            "resume starts from the last checkpoint", exit_codes.REQUEUE)
-                exit_code, status = exit_codes.REQUEUE, "KILLED"
-                break
-        bar.close()
+                for batch in micro_batches:
+                    batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()
+                             if torch.is_tensor(v)}
+                    with acc.accumulate(*[self.ctx.nets[n] for n in self.trained]):
+                        logs = step_fn(self.ctx, batch)
+                self.step += 1
+                bar.update(1)
+                if logs.pop("ok"):
+                    bad_streak, first_bad = 0, None
+                    window.append({k: v.detach() for k, v in logs.items()})  # no sync per step
+                else:
+                    bad_streak, bad_total = bad_streak + 1, bad_total + 1
+                    first_bad = first_bad or self.step
+                    log.warning("step %d: non-finite loss or gradient, update skipped "
+                                "(%d in a row)", self.step, bad_streak)
+                    self.tracker.log_metrics({"train/skipped_steps": bad_total}, self.step)
+                    if bad_streak >= t.max_bad_steps:
+                        path = self.save(first_bad - 1, "non-finite")
+                        log.error("%d consecutive non-finite steps (from step %d): stopped. The "
+                                  "checkpoint %s holds the state from before step %d (skipped "
+                                  "updates were never applied). Lower the learning rates or check "
+                                  "the data, then resume from it.", bad_streak, first_bad, path,
+                                  first_bad)
+                        exit_code, status = exit_codes.NONFINITE, "FAILED"
+                        break
+                if self.step % t.log_every == 0 and window:
+                    elapsed = time.perf_counter() - window_start
+                    means = {k: torch.stack([w[k] for w in window]).float().mean().item()
+                             for k in window[0]}
+                    means["train/samples_per_s"] = len(window) * per_step / elapsed
+                    means["data/skipped_samples"] = self.loader.skips.count
+                    self.tracker.log_metrics(means, self.step)
+                    bar.set_postfix({k.split("/", 1)[-1]: f"{v:.3g}" for k, v in means.items()
+                                     if k.endswith(("/d", "/g", "samples_per_s"))})
+                    window, window_start = [], time.perf_counter()
+                if self.step % t.val_every == 0 or self.step == t.steps:
+                    self.validate(self.step)
+                stop_now = self._stop_agreed()
+                # no checkpoint inside a non-finite streak: resume must start from before it
+                saved = bad_streak == 0 and (self.step % t.ckpt_every == 0 or self.step == t.steps
+                                             or stop_now)
+                if saved:
+                    self.save(self.step, "signal" if stop_now else "periodic")
+                if stop_now:
+                    log.warning("stopped at step %d by signal (%s); exit %d for requeue",
+                                self.step, "checkpoint written" if saved else "inside a "
+                                "non-finite streak: resume starts from the last checkpoint",
+                                exit_codes.REQUEUE)
+                    exit_code, status = exit_codes.REQUEUE, "KILLED"
+                    break
+        finally:
+            bar.close()
         return exit_code, status
+
+    def _endless_batches(self):
+        """Training batches across stream epochs (each pass of the loader is one)."""
+        while True:
+            yield from self.loader
 
     def _stop_agreed(self) -> bool:
         """A signal may reach one rank only; all stop at the same step or DDP would hang."""
@@ -276,10 +370,14 @@ class Trainer:
 def run(sources: list[str], overrides: list[str]) -> dict:
     cfg = load_config(sources, overrides)
     trainer = Trainer(cfg)
-    if trainer.accelerator.is_main_process:
-        trainer.output_dir.mkdir(parents=True, exist_ok=True)
-        (trainer.output_dir / "config.yaml").write_text(to_yaml(cfg))
-    return trainer.fit()
+    try:
+        if trainer.accelerator.is_main_process:
+            trainer.output_dir.mkdir(parents=True, exist_ok=True)
+            (trainer.output_dir / "config.yaml").write_text(to_yaml(cfg))
+        return trainer.fit()
+    finally:
+        if trainer.lock is not None:
+            trainer.lock.release()
 
 
 def configure_logging() -> None:

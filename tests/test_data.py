@@ -239,3 +239,41 @@ def test_eval_from_plain_folders(tmp_path):
         eval_pairs(str(tmp_path / "empty"), str(tmp_path / "masks"), SIZE)
     with pytest.raises(DataError, match="no shards match"):
         eval_pairs(str(tmp_path / "nowhere"), str(tmp_path / "masks"), SIZE)
+
+
+def test_only_complete_shard_sets_are_used(three_shards, tmp_path):
+    def copy(name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(three_shards, folder)
+        return folder
+
+    no_index = copy("no_index")
+    (no_index / "index.json").unlink()  # what an interrupted shard.py used to leave
+    with pytest.raises(DataError, match="no index.json: an incomplete set"):
+        resolve_shards(str(no_index))
+    lost = copy("lost")
+    (lost / "shard-000001.tar").unlink()
+    for spec in (lost, lost / "index.json"):
+        with pytest.raises(DataError, match="do not exist: .*shard-000001.tar"):
+            resolve_shards(str(spec))
+    extra = copy("extra")
+    shutil.copy(extra / "shard-000000.tar", extra / "shard-000007.tar")
+    with pytest.raises(DataError, match="does not list: shard-000007.tar"):
+        resolve_shards(str(extra))
+    with pytest.raises(DataError, match="7 of 10 shards .* do not exist: .*shard-000003.tar"):
+        resolve_shards(str(three_shards / "shard-{000000..000009}.tar"))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_stream_of_undecodable_samples_stops_with_the_shards_named(sample_shards, caplog,
+                                                                     workers):
+    masks = sample_shards / "masks"  # mask shards given as training images: nothing decodes
+    cfg = data_cfg(masks, masks, num_workers=workers, max_bad_samples=30, samples_per_epoch=4000)
+    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+        with pytest.raises(DataError) as err:
+            next(iter(train_loader(cfg, seed=0, rank=0, world_size=1)))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("30 samples in a row failed to decode")
+    assert "data.max_bad_samples" in message and str(masks / "shard-000000.tar") in message
+    if workers == 0:  # this process's log: the first few in full, not one line per sample
+        assert 1 <= caplog.text.count("skipped bad data") <= 5

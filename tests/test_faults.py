@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 import signal
@@ -18,6 +19,7 @@ import pytest
 from conftest import PYTHON, REPO, TINY, tiny_overrides
 from mlflow_server import free_port, start_server, stop_server
 from pipeline import checkpoint
+from small_disk import small_disk
 from test_train import assert_identical, final_tensors, train_cli
 
 HARNESS = str(REPO / "tests" / "scripts" / "train_harness.py")
@@ -171,6 +173,7 @@ def corrupt_shards(shards: Path, dest: Path) -> Path:
     tars = sorted((shards / "train").glob("*.tar"))
     for tar in tars:
         shutil.copy(tar, dest / tar.name)
+    shutil.copy(shards / "train" / "index.json", dest / "index.json")
     truncated = dest / tars[0].name
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     good = dest / tars[1].name
@@ -220,3 +223,72 @@ def test_unwritable_or_full_output_dir_fails_before_training(sample_shards, tmp_
     assert proc.returncode == 2 and "not writable" in proc.stderr
     proc = train_cli(sample_shards, tmp_path, "train.ckpt_limit=1000000000", check=False)
     assert proc.returncode == 2 and "MiB free" in proc.stderr
+
+
+def test_training_on_undecodable_data_stops_with_exit_2_naming_the_shards(sample_shards,
+                                                                          tmp_path):
+    masks = sample_shards / "masks"  # mask shards given as training images
+    proc = train_cli(sample_shards, tmp_path, f"data.train={masks}", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "samples in a row failed to decode" in last and str(masks / "shard-") in last
+    assert proc.stderr.count("skipped bad data") <= 5  # not a line per bad sample
+
+
+def test_sigterm_is_honoured_while_the_loader_finds_nothing(sample_shards, tmp_path):
+    proc = start_training(sample_shards, tmp_path, f"data.train={sample_shards / 'masks'}",
+                          "data.max_bad_samples=1000000000")
+    wait_for(lambda: (tmp_path / "run" / ".owner.json").exists(), proc)
+    time.sleep(3)  # inside the endless bad-sample stream by now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 124, err[-3000:]
+    assert "SIGTERM: no training data came within" in err
+
+
+def test_resume_latest_with_no_valid_checkpoint_lists_each(sample_shards, tmp_path):
+    train_cli(sample_shards, tmp_path, "train.stage=edge", "train.steps=2", "train.ckpt_every=1",
+              "train.val_every=100")
+    root = tmp_path / "run" / "checkpoints"
+    (root / "checkpoint-00000002" / "meta.json").unlink()
+    weights = root / "checkpoint-00000001" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    proc = train_cli(sample_shards, tmp_path, "train.stage=edge", "train.steps=4",
+                     "train.resume=latest", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "none of the 2 checkpoints" in last
+    assert "checkpoint-00000002: no readable meta.json" in last
+    assert "checkpoint-00000001: model.safetensors is missing or has the wrong size" in last
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-00000001",
+                                                      "checkpoint-00000002"]  # untouched
+
+
+def test_resume_with_another_model_shape_names_the_keys(sample_shards, tmp_path):
+    train_cli(sample_shards, tmp_path, "train.stage=edge", "train.steps=1", "train.val_every=100")
+    proc = train_cli(sample_shards, tmp_path, "train.stage=edge", "train.steps=2",
+                     "train.resume=latest", "model.channels=16", "model.attention.heads=4",
+                     check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "model.channels=8 (this run: 16)" in last
+    assert "model.attention.heads=2 (this run: 4)" in last
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(sample_shards, tmp_path):
+    with small_disk(tmp_path / "disk", 32 * 1024) as disk:
+        proc = start_training(sample_shards, tmp_path, f"train.output_dir={disk / 'run'}",
+                              "train.stage=edge", "train.steps=6", "train.ckpt_every=2",
+                              "train.val_every=100", "train.ckpt_limit=1")
+        first = disk / "run" / "checkpoints" / "checkpoint-00000002"
+        wait_for(first.exists, proc)
+        size = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+        with open(disk / "filler", "wb") as fh:  # something else fills the disk
+            os.posix_fallocate(fh.fileno(), 0, shutil.disk_usage(disk).free - size // 2)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert "no space left on device writing checkpoint-00000004" in last, err[-3000:]
+        assert "kept: checkpoint-00000002" in last and "iostream" not in err
+        checkpoint.verify(first)  # the previous checkpoint is whole
+        assert not list((disk / "run" / "checkpoints").glob(".tmp-*"))

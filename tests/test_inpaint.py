@@ -78,3 +78,60 @@ def test_bad_inputs_are_named(files, tmp_path, args, message):
     result = _inpaint(*[x for kv in chosen.items() for x in kv], "--out", str(tmp_path / "o.png"))
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def _args(files, **chosen) -> list[str]:
+    root = files["root"]
+    values = {"--checkpoint": str(files["ckpt"]), "--image": str(root / "photo.png"),
+              "--mask": str(root / "mask.png"), **chosen}
+    return [x for kv in values.items() for x in kv]
+
+
+@pytest.mark.parametrize("out, message", [
+    ("result", "no extension"),
+    ("result.gif", "extension '.gif'"),
+    ("result.jpg", "--allow-lossy"),
+    ("/proc/dina/out.png", "cannot write into /proc"),
+    ("photo.png/out.png", "is not a directory"),
+    (".", "is a directory"),
+])
+def test_out_is_checked_before_the_model_runs(files, out, message):
+    out = out if out.startswith("/") else str(files["root"] / out)
+    # a checkpoint that does not exist: the --out error must come first, with exit 2, one line
+    result = _inpaint(*_args(files, **{"--checkpoint": "/nowhere"}), "--out", out)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_jpeg_out_needs_allow_lossy_and_says_known_pixels_changed(files, tmp_path):
+    out = tmp_path / "out.jpg"
+    result = _inpaint(*_args(files), "--out", str(out), "--allow-lossy")
+    assert result.returncode == 0, result.stderr
+    assert "NOT bit-exact" in result.stdout and "known pixels unchanged" not in result.stdout
+    got = np.asarray(Image.open(out))
+    hole = files["hole"]
+    assert not np.array_equal(got[~hole], files["photo"][~hole])  # why it has to be said
+
+
+def test_webp_out_is_lossless_and_a_failed_run_keeps_an_existing_out(files, tmp_path):
+    out = tmp_path / "out.webp"
+    result = _inpaint(*_args(files), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    got, hole = np.asarray(Image.open(out)), files["hole"]
+    assert np.array_equal(got[~hole], files["photo"][~hole])
+    before = out.read_bytes()
+    failed = _inpaint(*_args(files, **{"--mask": str(files["root"] / "grey.png")}), "--out",
+                      str(out))
+    assert failed.returncode == 2 and out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.webp"]  # no temporary left behind
+
+
+def test_a_mask_stored_as_0_1_values_is_read_as_binary(files, tmp_path):
+    path = tmp_path / "mask01.png"
+    Image.fromarray(files["hole"].astype(np.uint8)).save(path)  # values 0 and 1
+    out = tmp_path / "out.png"
+    result = _inpaint(*_args(files, **{"--mask": str(path)}), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    got, hole = np.asarray(Image.open(out)), files["hole"]
+    assert np.array_equal(got[~hole], files["photo"][~hole])
+    assert np.mean(got[hole] != files["photo"][hole]) > 0.5

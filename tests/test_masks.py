@@ -103,3 +103,14 @@ def test_masks_of_an_empty_folder_fail_clearly(tmp_path):
     proc = run_shard("masks", tmp_path / "none", "--out", tmp_path / "x", check=False)
     assert proc.returncode != 0 and "no samples written" in proc.stderr
     assert read_index(tmp_path / "x")["samples"] == 0
+
+
+@pytest.mark.slow
+def test_masks_stored_as_0_1_values_are_binary_masks(tmp_path):
+    quarter = np.zeros((64, 64), np.uint8)
+    quarter[:, :16] = 1  # 25 % hole, saved as 0/1 (as label maps often are)
+    Image.fromarray(quarter).save(tmp_path / "zero_one.png")
+    assert hole_ratio(load_mask(tmp_path / "zero_one.png", 64)) == 0.25
+    run_shard("masks", tmp_path / "zero_one.png", "--out", tmp_path / "out", "--size", 32)
+    index = read_index(tmp_path / "out")
+    assert index["samples"] == 1 and index["skipped"] == [] and index["buckets"]["20-30"] == 1

@@ -1,6 +1,7 @@
 """`shard.py images|dataset|sample`: every input accounted for, stable keys, dataset layouts."""
 from __future__ import annotations
 
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import make_image_zoo, photo, read_index, run_shard, save
+from data_fixtures import SHARD, make_image_zoo, photo, read_index, run_shard, save
+from small_disk import small_disk
 
 pytestmark = pytest.mark.slow  # every test runs shard.py as a real process
 
@@ -143,3 +145,96 @@ def test_sample_set(tmp_path):
     masks = read_index(tmp_path / "s" / "masks")
     assert masks["samples"] == 60 and set(masks["buckets"].values()) == {10}
     assert set(read_index(tmp_path / "s")["splits"]) == {"train", "test", "masks"}
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def good_set(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    src = tmp_path / "src"
+    for i in range(3):
+        save(src / f"p{i}.png", Image.fromarray(photo(seed=i)))
+    run_shard("images", src, "--out", tmp_path / "out", "--size", 32)
+    return tmp_path / "out", tree_bytes(tmp_path / "out")
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name)
+
+
+def test_a_failed_rerun_leaves_the_existing_shards_exactly_as_they_were(tmp_path):
+    out, before = good_set(tmp_path)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_text("not an image")
+    for src in (tmp_path / "typo", tmp_path / "junk"):  # mistyped, then all bad
+        proc = run_shard("images", src, "--out", out, "--size", 32, check=False)
+        assert proc.returncode == 2 and "no samples written" in proc.stderr, proc.stderr
+        assert f"{out} is unchanged" in proc.stderr
+        assert tree_bytes(out) == before and leftovers(tmp_path) == []
+
+
+def test_out_holding_other_files_is_refused_untouched(tmp_path):
+    out, before = good_set(tmp_path)
+    (out / "notes.txt").write_text("mine")
+    proc = run_shard("images", tmp_path / "src", "--out", out, "--size", 32, check=False)
+    assert proc.returncode == 2 and "notes.txt" in proc.stderr.strip().splitlines()[-1]
+    assert tree_bytes(out) == {**before, "notes.txt": b"mine"}
+
+
+def test_an_interrupted_run_leaves_out_as_it_was(tmp_path):
+    out, before = good_set(tmp_path)
+    src = tmp_path / "many"
+    for i in range(300):
+        save(src / f"p{i}.png", Image.fromarray(photo(size=256, seed=i)))
+    proc = subprocess.Popen([*SHARD, "images", str(src), "--out", str(out), "--workers", "1",
+                             "--shard-size", "5"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.partial-*/shard-000001.tar")):  # mid-way through
+        assert proc.poll() is None and time.time() < deadline, "shard.py ended too early"
+        time.sleep(0.05)
+    proc.terminate()
+    err = proc.communicate(timeout=30)[1]
+    assert proc.returncode != 0 and "unchanged" in err, err
+    assert tree_bytes(out) == before and leftovers(tmp_path) == []
+
+
+def test_out_of_disk_says_so_with_the_space_needed_and_keeps_out(tmp_path):
+    with small_disk(tmp_path / "disk", 160) as disk:
+        out = disk / "masks"
+        run_shard("masks", "--generate", 6, "--size", 32, "--out", out)
+        before = tree_bytes(out)
+        proc = run_shard("masks", "--generate", 600, "--size", 64, "--out", out, "--workers", 1,
+                         check=False)
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "no space left on device" in last and "needs about" in last and "MiB" in last
+        assert "Traceback" not in proc.stderr
+        assert tree_bytes(out) == before and leftovers(disk) == []
+
+
+def test_keys_stay_unique_across_sources_and_odd_names(tmp_path):
+    for i, rel in enumerate(["x/photos/a.png", "y/photos/a.png", "z/a.b/x.png", "z/a_b/x.png"]):
+        save(tmp_path / rel, Image.fromarray(photo(seed=i)))
+    run_shard("images", tmp_path / "x" / "photos", tmp_path / "y" / "photos", tmp_path / "z",
+              "--out", tmp_path / "out", "--size", 32)
+    index = read_index(tmp_path / "out")
+    assert index["samples"] == 4 and index["skipped"] == []
+    keys = keys_of(tmp_path / "out")
+    assert len(set(keys)) == 4 and keys[0] == "photos/a_png"
+
+
+def test_symlinked_folders_are_followed_once_and_loops_are_skipped(tmp_path):
+    src = tmp_path / "src"
+    save(src / "real" / "a.png", Image.fromarray(photo(seed=1)))
+    save(tmp_path / "elsewhere" / "b.png", Image.fromarray(photo(seed=2)))
+    (src / "linked").symlink_to(tmp_path / "elsewhere")  # followed: b.png is sharded
+    (src / "twice").symlink_to(src / "real")  # a second way to the same folder
+    (src / "real" / "loop").symlink_to(src)  # a cycle
+    run_shard("images", src, "--out", tmp_path / "out", "--size", 32)
+    index = read_index(tmp_path / "out")
+    assert sorted(keys_of(tmp_path / "out")) == ["linked/b_png", "real/a_png"]
+    skipped = {Path(s["path"]).name: s["reason"] for s in index["skipped"]}
+    assert set(skipped) == {"twice", "loop"} and all("already read" in r for r in skipped.values())
+    assert index["inputs"] == index["samples"] + len(index["skipped"])

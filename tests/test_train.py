@@ -116,3 +116,16 @@ def test_bad_inputs_fail_before_training_with_a_message(sample_shards, tmp_path,
     proc = train_cli(sample_shards, tmp_path, *overrides, check=False)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_incomplete_shard_sets_are_refused_naming_what_is_missing(sample_shards, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(sample_shards / "train", partial)
+    (partial / "index.json").unlink()  # tars without the index shard.py writes last
+    proc = train_cli(sample_shards, tmp_path, f"data.train={partial}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{partial} holds shard.py shards but no index.json" in proc.stderr
+    pattern = str(sample_shards / "train" / "shard-{000000..000009}.tar")
+    proc = train_cli(sample_shards, tmp_path, f"data.train={pattern}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "8 of 10 shards" in proc.stderr and "shard-000002.tar" in proc.stderr

@@ -23,9 +23,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data import (decode_edge, decode_rgb, collate, read_mask_pool, resolve_shards,
-                           train_loader)
-from pipeline.images import canny_edges, read_image
+from pipeline.data import collate, read_mask_pool, resolve_shards, train_loader
+from pipeline.images import canny_edges, decode_rgb, read_image
 from pipeline.masks import decode_mask
 from pipeline.shard import bundled_photos, encode_edge, encode_image
 from pipeline.shard import main as shard_main
@@ -115,7 +114,7 @@ def main() -> None:
             [{"url": u} for u in resolve_shards(str(tmp / f"img{cores}"))])))
         read_ms = 1000 * (time.perf_counter() - start) / len(raw)
         masks = read_mask_pool(str(tmp / "masks")).pngs
-        decoded = [(decode_rgb(s["jpg"]), decode_edge(s["edge.png"]),
+        decoded = [(decode_rgb(s["jpg"])[0], decode_mask(s["edge.png"]),
                     decode_mask(masks[i % len(masks)])) for i, s in enumerate(raw)]
         decoded = [(rgb[:, ::-1], edge[:, ::-1], mask) if i % 2 else (rgb, edge, mask)
                    for i, (rgb, edge, mask) in enumerate(decoded)]  # half flipped, as trained
@@ -123,8 +122,8 @@ def main() -> None:
                                                              args.batch)]
         result["stream_breakdown_ms_per_sample"] = {
             "tar_read": read_ms,
-            "decode_jpg": per_call_ms(lambda s: decode_rgb(s["jpg"]), raw),
-            "decode_edge_png": per_call_ms(lambda s: decode_edge(s["edge.png"]), raw),
+            "decode_jpg": per_call_ms(lambda s: decode_rgb(s["jpg"])[0], raw),
+            "decode_edge_png": per_call_ms(lambda s: decode_mask(s["edge.png"]), raw),
             "decode_mask_png": per_call_ms(decode_mask, masks),
             "flip+collate": per_call_ms(collate, batches) / args.batch,
         }

@@ -1,0 +1,112 @@
+"""One owner per output directory: a lock file naming the run that writes there.
+
+`<output_dir>/.owner.json` holds the owner's host, PID, process start time and SLURM job id.
+A second run on the same directory is refused, naming the owner. A lock is taken over when its
+owner is gone: same host and that process no longer runs (or the PID now belongs to another
+process), or the same SLURM job (a requeued job resumes its own run, on any node).
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("dina.lock")
+
+LOCK_NAME = ".owner.json"
+
+
+class OutputDirBusy(RuntimeError):
+    """Another live run owns the output directory; the message names it."""
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None
+    if no such live process: it tells a reused PID from the one that wrote the lock."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)", which may hold spaces
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has finished
+
+
+def _me() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start_time": _start_time(pid),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _stale_reason(holder: dict, me: dict) -> Optional[str]:
+    """Why the holder's lock may be taken over, or None while the holder may still be running."""
+    if holder.get("slurm_job_id") and holder["slurm_job_id"] == me["slurm_job_id"]:
+        return f"the same SLURM job {me['slurm_job_id']} (requeued)"
+    if holder.get("host") != me["host"]:
+        return None  # its process cannot be checked from here
+    if holder.get("pid") == me["pid"]:
+        return "this process"
+    started = _start_time(int(holder.get("pid", 0)))
+    if started is None:
+        return f"PID {holder.get('pid')} is no longer running"
+    if holder.get("start_time") and started != holder["start_time"]:
+        return f"PID {holder['pid']} now belongs to another process"
+    return None
+
+
+class OutputLock:
+    """Held from acquire() to release() (also released at interpreter exit)."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        me = _me()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            self._take_over(me)
+        else:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+        self.held = True
+        atexit.register(self.release)
+
+    def _take_over(self, me: dict) -> None:
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            holder = {}  # unreadable: a crash mid-write; nobody can be shown to own it
+        reason = _stale_reason(holder, me) if holder else "its lock file is unreadable"
+        if reason is None:
+            job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
+            raise OutputDirBusy(
+                f"train.output_dir {self.path.parent} is in use by PID {holder.get('pid')} on "
+                f"host {holder.get('host')}{job} (since {holder.get('since')}); wait for it, stop "
+                f"it, or choose another train.output_dir (remove {self.path} only if that run "
+                f"is surely gone)")
+        if reason != "this process":
+            log.warning("taking over %s from PID %s on %s: %s", self.path, holder.get("pid"),
+                        holder.get("host"), reason)
+        tmp = self.path.with_name(f"{LOCK_NAME}.{me['pid']}")
+        tmp.write_text(json.dumps(me))
+        os.replace(tmp, self.path)
+
+    def release(self) -> None:
+        """Remove the lock if it is still this process's."""
+        if not self.held:
+            return
+        self.held = False
+        atexit.unregister(self.release)
+        try:
+            if json.loads(self.path.read_text()).get("pid") == os.getpid():
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass  # gone or replaced: nothing of ours to remove
