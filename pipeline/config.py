@@ -113,8 +113,11 @@ class TrackingConfig:
     enabled: bool = True
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "dina-inpaint"
-    run_name: Optional[str] = None
+    run_name: Optional[str] = None  # None: <stage>-<data>-<backend>-<date>-<job id or random>
     log_images: bool = True
+    log_model: bool = True  # the last checkpoint's G1+G2 as the run's MLflow model, at the end
+    system_metrics: bool = True  # CPU/GPU use and memory as system/* metrics (main process)
+    system_metrics_interval: float = 10.0  # seconds between samples
 
 
 @dataclass
@@ -207,6 +210,8 @@ def validate(cfg: DictConfig) -> None:
                f"stage '{t.stage}' needs a trained edge model (an edge-stage checkpoint)")
     for key in ("g_lr", "d_lr"):
         _check(cfg.optim[key] > 0, f"optim.{key}", "must be positive")
+    _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
+           "must be positive (seconds)")
 
 
 def to_yaml(cfg: DictConfig) -> str:
