@@ -52,6 +52,14 @@ def describe(spec: str) -> tuple[str, dict]:
     return hashlib.sha256(listing.encode()).hexdigest()[:DIGEST_CHARS], {"files": len(files)}
 
 
+def spec_name(spec: str) -> str:
+    """A readable dataset name from a path: shards/paris/test -> paris-test."""
+    path = Path(spec).resolve()
+    if path.suffix == ".json":
+        path = path.parent
+    return f"{path.parent.name}-{path.name}" if path.parent.name else path.name
+
+
 def dataset_input(spec: str, name: str, context: str):
     """An MLflow DatasetInput for a data spec (path kept as given, resolved when local)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag

@@ -1,4 +1,4 @@
-"""The generators as an MLflow logged model, and checkpoints named by MLflow model URIs.
+"""The generators as an MLflow logged model (a pyfunc that inpaints), logged from a checkpoint.
 
 A logged model is an MLflow pyfunc whose one artifact is an inference checkpoint: the
 checkpoint's generators.safetensors and config.yaml, with a meta.json that lists (and hashes)
@@ -22,16 +22,11 @@ import mlflow
 import numpy as np
 import torch
 
-from pipeline.checkpoint import GENERATORS, resolve
+from pipeline.checkpoint import GENERATORS, CheckpointError, resolve
 
 MODEL_NAME = "generators"
 SHA256_TAG = "dina.generators_sha256"
 INFERENCE_FILES = (GENERATORS, "config.yaml")
-URI_SCHEMES = ("runs:/", "models:/")
-
-
-class ModelSourceError(ValueError):
-    """A checkpoint URI that does not lead to a dina-inpaint model; the message names it."""
 
 
 class Inpainter(mlflow.pyfunc.PythonModel):
@@ -44,9 +39,9 @@ class Inpainter(mlflow.pyfunc.PythonModel):
         cfg, self.g1, self.g2 = load_generators(context.artifacts["checkpoint"], self.device)
         self.size = int(cfg.data.image_size)
         if self.g1 is None or self.g2 is None:
-            raise ModelSourceError("this model lacks G1 or G2 and cannot inpaint")
+            raise ValueError("this model lacks G1 or G2 and cannot inpaint")
 
-    def predict(self, context, model_input: dict, params=None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # no hints: MLflow reads them as a schema
         from pipeline.evaluate import model_fill
         from pipeline.images import to_gray
         from pipeline.stages import composite
@@ -103,7 +98,7 @@ def log_checkpoint(checkpoint: str | Path, tracking_uri: str, run_id: Optional[s
     meta = json.loads((path / "meta.json").read_text())
     run_id = run_id or meta.get("mlflow_run_id")
     if not run_id:
-        raise ModelSourceError(f"{path}: meta.json names no MLflow run; pass the run id")
+        raise CheckpointError(f"{path}: meta.json names no MLflow run; pass the run id")
     mlflow.set_tracking_uri(tracking_uri)  # Model.log talks to the global tracking URI
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
@@ -126,42 +121,3 @@ def find_model(client, experiment_id: str, checkpoint: Path) -> Optional[str]:
         [experiment_id], filter_string=f"tags.`{SHA256_TAG}` = '{generators_sha256(checkpoint)}'",
         max_results=1)
     return found[0].model_id if found else None
-
-
-def _model_uri(source: str, client) -> str:
-    """runs:/RUN_ID[/NAME] -> models:/MODEL_ID of that run's newest logged model (of NAME)."""
-    if source.startswith("models:/"):
-        return source
-    run_id, _, name = source[len("runs:/"):].partition("/")
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException as err:
-        raise ModelSourceError(f"{source}: no such run ({err.message.splitlines()[0]})") from None
-    query = f"source_run_id = '{run_id}'" + (f" AND name = '{name}'" if name else "")
-    models = client.search_logged_models([run.info.experiment_id], filter_string=query,
-                                         order_by=[{"field_name": "creation_time",
-                                                    "ascending": False}], max_results=1)
-    if not models:
-        raise ModelSourceError(f"{source}: run {run_id} has no logged model"
-                               + (f" named '{name}'" if name else ""))
-    return f"models:/{models[0].model_id}"
-
-
-def local_checkpoint(source: str, tracking_uri: str) -> str:
-    """A checkpoint given as a directory stays as is; a runs:/ or models:/ URI is downloaded
-    from MLflow and its inference checkpoint directory returned."""
-    if not source.startswith(URI_SCHEMES):
-        return source
-    from mlflow.artifacts import download_artifacts
-    from mlflow.tracking import MlflowClient
-
-    uri = _model_uri(source, MlflowClient(tracking_uri))
-    try:
-        local = Path(download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
-    except mlflow.exceptions.MlflowException as err:
-        raise ModelSourceError(f"{source}: cannot download from MLflow at {tracking_uri} "
-                               f"({err.message.splitlines()[0]})") from None
-    checkpoint = local / "artifacts" / "checkpoint"
-    if not (checkpoint / "meta.json").is_file():
-        raise ModelSourceError(f"{source} is not a dina-inpaint model (no artifacts/checkpoint)")
-    return str(checkpoint)

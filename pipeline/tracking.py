@@ -24,8 +24,7 @@ from typing import Optional
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.checkpoint import GENERATORS
-from pipeline.config import flatten, to_yaml
+from pipeline.config import TrackingConfig, flatten, to_yaml
 from pipeline.dataset_inputs import training_inputs
 
 log = logging.getLogger("dina.tracking")
@@ -33,6 +32,7 @@ log = logging.getLogger("dina.tracking")
 BUFFER_LIMIT = 50_000  # metric values held while the server is away
 FLUSH_INTERVAL_S = 2.0
 CLOSE_TIMEOUT_S = 30.0
+DEFAULT_EXPERIMENT = TrackingConfig.experiment
 CHECKPOINT_TABLE = "checkpoints.json"
 # tells the MLflow UI that the artifact is a table (what mlflow.log_table records)
 LOGGED_TABLE = json.dumps([{"path": CHECKPOINT_TABLE, "type": "table"}])
@@ -91,8 +91,10 @@ class CheckpointTable:
             self.rows = json.loads(path.read_text())["data"]
 
     def add(self, checkpoint: Path, reason: str) -> None:
+        from pipeline.logged_model import generators_sha256
+
         meta = json.loads((checkpoint / "meta.json").read_text())
-        sha = meta["files"][GENERATORS]["sha256"]
+        sha = generators_sha256(checkpoint)
         self.rows = [r for r in self.rows if r[1] != str(checkpoint.resolve())]  # a re-save
         self.rows.append([meta["step"], str(checkpoint.resolve()), sha, reason,
                           time.strftime("%Y-%m-%dT%H:%M:%S%z"), True])
