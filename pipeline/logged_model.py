@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import torch
 
-from pipeline.checkpoint import GENERATORS, CheckpointError, resolve
+from pipeline.checkpoint import GENERATORS, CheckpointError, load_generators, resolve
 
 MODEL_NAME = "generators"
 SHA256_TAG = "dina.generators_sha256"
@@ -33,8 +33,6 @@ class Inpainter(mlflow.pyfunc.PythonModel):
     """G1 -> G2 on images at the checkpoint's size; known pixels are kept."""
 
     def load_context(self, context) -> None:
-        from pipeline.checkpoint import load_generators
-
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         cfg, self.g1, self.g2 = load_generators(context.artifacts["checkpoint"], self.device)
         self.size = int(cfg.data.image_size)
@@ -44,7 +42,6 @@ class Inpainter(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # no hints: MLflow reads them as a schema
         from pipeline.evaluate import model_fill
         from pipeline.images import to_gray
-        from pipeline.stages import composite
 
         images = np.asarray(model_input["image"], dtype=np.uint8)
         masks = np.asarray(model_input["mask"]) > 0
@@ -60,7 +57,7 @@ class Inpainter(mlflow.pyfunc.PythonModel):
         batch["edge"] = torch.zeros_like(batch["mask"])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.no_grad():
-            out = composite(model_fill(self.g1, self.g2)(batch), batch["image"], batch["mask"])
+            out = model_fill(self.g1, self.g2)(batch)  # composited: known pixels kept
         return (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -8,6 +8,11 @@ What cannot be sent (buffer overflow, or still unreachable at the end) is append
 
 One run per training job: a resumed run continues the MLflow run recorded in its checkpoint, and a
 requeued SLURM job finds its run by the `slurm_job_id` tag.
+
+What a run holds besides metrics: a name that says what it trains, MLflow's source tags (script,
+git commit), its train/val/mask shards as dataset inputs, config.yaml, a checkpoints.json table
+of every checkpoint saved, system metrics (CPU/GPU, memory), and at the end of a finished run
+the last checkpoint's generators as its logged model (pipeline/logged_model.py).
 """
 from __future__ import annotations
 
