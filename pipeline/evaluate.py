@@ -251,7 +251,7 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
                       models=[LoggedModelInput(model_id)] if model_id else None)
     now = int(time.time() * 1000)
     # with model_id and the test set named, the metrics also show on the logged model's page
-    metrics = [Metric(k, v, now, 0, model_id=model_id or None,
+    metrics = [Metric(k, v, now, 0, model_id=model_id,
                       dataset_name=test_set.dataset.name, dataset_digest=test_set.dataset.digest)
                for k, v in flat_metrics(summary).items()]
     client.log_batch(run_id, metrics=metrics)

@@ -67,7 +67,8 @@ def default_run_name(cfg: DictConfig, backend: str) -> str:
     os.urandom: MLflow's own names come from the seeded `random`, alike in every run) tells
     runs apart."""
     unique = slurm_job() or secrets.token_hex(2)
-    return (f"{cfg.train.stage}-{cfg.data.name}-{backend}-"
+    attention = backend if cfg.model.attention.enabled else "no-attention"
+    return (f"{cfg.train.stage}-{cfg.data.name}-{attention}-"
             f"{time.strftime('%m%d-%H%M')}-{unique}")
 
 
@@ -318,6 +319,10 @@ class Tracker:
         if self._failures:
             log.info("MLflow reachable again at %s; buffered metrics sent", self.uri)
             self._failures = 0
+            if self._system_metrics is not None and not self._stop.is_set():
+                # MLflow's monitor gives up when the server is away: start a fresh one
+                self._system_metrics.finish()
+                self._start_system_metrics(resumed=True)
 
     def _worker(self) -> None:
         while not self._stop.is_set():
