@@ -38,6 +38,7 @@ BUFFER_LIMIT = 50_000  # metric values held while the server is away
 FLUSH_INTERVAL_S = 2.0
 CLOSE_TIMEOUT_S = 30.0
 DEFAULT_EXPERIMENT = TrackingConfig.experiment
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 CHECKPOINT_TABLE = "checkpoints.json"
 # tells the MLflow UI that the artifact is a table (what mlflow.log_table records)
 LOGGED_TABLE = json.dumps([{"path": CHECKPOINT_TABLE, "type": "table"}])
@@ -49,9 +50,10 @@ def default_uri() -> str:
 
 
 def experiment_id(client, name: str) -> str:
-    """Id of the experiment called `name`, created when it does not exist yet."""
+    """Id of the experiment called `name`, created when it does not exist yet (marked as model
+    training, so the MLflow UI opens it on its runs rather than on its GenAI pages)."""
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+    return found.experiment_id if found else client.create_experiment(name, tags=EXPERIMENT_TAGS)
 
 
 def slurm_job() -> Optional[str]:

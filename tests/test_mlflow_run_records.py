@@ -72,6 +72,8 @@ def test_runs_show_their_datasets(trained):
 
 def test_run_name_and_source_say_what_ran(trained):
     run = trained["run"]
+    experiment = trained["client"].get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI: runs
     assert run.info.run_name.startswith("texture-sample-reference-")
     assert run.data.tags["mlflow.source.name"].endswith("train.py")
     assert run.data.tags["mlflow.source.type"] == "LOCAL"
