@@ -220,7 +220,8 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
 
     from pipeline.dataset_inputs import dataset_input, spec_name
     from pipeline.logged_model import find_model
-    from pipeline.tracking import DEFAULT_EXPERIMENT, default_uri, experiment_id as get_experiment
+    from pipeline.tracking import (DEFAULT_EXPERIMENT, default_uri, experiment_id as get_experiment,
+                                   with_source_tags)
 
     meta = info["meta"] if info else {}
     source_run = meta.get("mlflow_run_id")
@@ -236,7 +237,7 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
     if source_run:
         tags.update({"dina.source_run_id": source_run, "mlflow.parentRunId": source_run})
     run = client.create_run(experiment_id, run_name=args.run_name or f"eval-{args.method}-{label}",
-                            tags=tags)
+                            tags=with_source_tags(tags))
     run_id = run.info.run_id
     params = {"method": args.method, "images": args.images, "masks": args.masks,
               "image_size": image_size, "per_bucket": args.per_bucket}

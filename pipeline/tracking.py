@@ -74,16 +74,21 @@ def default_run_name(cfg: DictConfig, backend: str) -> str:
             f"{time.strftime('%m%d-%H%M')}-{unique}")
 
 
-def run_tags(cfg: DictConfig, backend: str) -> dict[str, str]:
-    """MLflow's standard source tags (script, git commit, user) plus what the run trains."""
+def with_source_tags(tags: dict[str, str]) -> dict[str, str]:
+    """`tags` plus MLflow's standard source tags: script, git commit (in a checkout), user."""
     from mlflow.tracking.context.registry import resolve_tags
 
+    return resolve_tags(tags)
+
+
+def run_tags(cfg: DictConfig, backend: str) -> dict[str, str]:
+    """Source tags plus what the run trains."""
     tags = {"stage": cfg.train.stage, "dataset": cfg.data.name,
             "attention_backend": cfg.model.attention.backend,
             "attention_backend_resolved": backend}
     if slurm_job():
         tags["slurm_job_id"] = slurm_job()
-    return resolve_tags(tags)
+    return with_source_tags(tags)
 
 
 class CheckpointTable:

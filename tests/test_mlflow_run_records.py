@@ -120,6 +120,7 @@ def test_evaluation_is_linked_to_the_model(trained):
     evaluation = trained["client"].get_run(trained["eval"].info.run_id)  # search omits models
     run = trained["run"]
     assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert evaluation.data.tags["mlflow.source.name"].endswith("evaluate.py")
     assert [m.model_id for m in evaluation.inputs.model_inputs] == [
         run.outputs.model_outputs[0].model_id]
 
