@@ -23,6 +23,7 @@ from typing import Optional
 import yaml
 
 from pipeline.masks import BUCKETS
+from pipeline.tracking import DEFAULT_EXPERIMENT, default_uri, experiment_id
 from pipeline.metrics import (METRICS, OVERALL, best_per_column, bucket_columns, bucket_table,
                               summary_from_flat, table_rows)
 
@@ -92,18 +93,25 @@ def find_runs(client, run_ids: list[str], experiments: list[str], filter_string:
     return runs
 
 
-def run_summaries(runs) -> dict[str, dict]:
-    """{row label: summary}; the label is the run name, with a short id where names repeat."""
+def run_summaries(runs) -> tuple[dict[str, dict], list]:
+    """({row label: summary}, the runs in it); the label is the run name, with a short id where
+    names repeat. A run without per-bucket metrics (a crashed or unrelated run) is skipped with
+    a warning; none with metrics at all is an error."""
     names = [r.info.run_name or r.info.run_id for r in runs]
-    out = {}
+    out, used = {}, []
     for run, name in zip(runs, names):
         summary = summary_from_flat(run.data.metrics)
         if not any(c != OVERALL for c in summary):
-            raise CompareError(f"run {run.info.run_id} ('{name}') has no psnr/<bucket> or "
-                               f"ssim/<bucket> metrics: is it an evaluation run?")
+            print(f"compare.py: warning: run {run.info.run_id} ('{name}') has no psnr/<bucket> "
+                  f"or ssim/<bucket> metrics; left out of the table", file=sys.stderr)
+            continue
         label = f"{name} ({run.info.run_id[:8]})" if names.count(name) > 1 else name
         out[label] = summary
-    return out
+        used.append(run)
+    if not out:
+        raise CompareError(f"none of the {len(runs)} run(s) has psnr/<bucket> or ssim/<bucket> "
+                           f"metrics: is it an evaluation run?")
+    return out, used
 
 
 def write_csv(runs: dict[str, dict], path: Path) -> None:
@@ -147,9 +155,7 @@ def write_plot(runs: dict[str, dict], references: set[str], path: Path) -> None:
 
 
 def log_comparison(client, experiment: str, out: Path, runs) -> str:
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    run = client.create_run(experiment_id, run_name="comparison", tags={
+    run = client.create_run(experiment_id(client, experiment), run_name="comparison", tags={
         "dina.kind": "comparison", "dina.compared_runs": " ".join(r.info.run_id for r in runs)})
     for name in ("table.md", "table.csv", "plot.png"):
         client.log_artifact(run.info.run_id, str(out / name))
@@ -176,7 +182,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.run_ids and (args.experiment or args.filter):
         p.error("give run ids or --experiment/--filter, not both")
-    args.experiment = args.experiment or ["dina-inpaint"]
+    args.experiment = args.experiment or [DEFAULT_EXPERIMENT]
     return args
 
 
@@ -186,15 +192,15 @@ def main(argv=None) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-           or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    uri = args.tracking_uri or default_uri()
     client = MlflowClient(uri)
     try:
         references = {}
         for path in args.reference:
             references.update(load_reference(path))
-        runs = find_runs(client, args.run_ids, args.experiment, args.filter)
-        rows = {**run_summaries(runs), **references}
+        summaries, runs = run_summaries(find_runs(client, args.run_ids, args.experiment,
+                                                  args.filter))
+        rows = {**summaries, **references}
     except CompareError as err:
         sys.exit(f"compare.py: error: {err}")
     except MlflowException as err:

@@ -120,8 +120,11 @@ class TrackingConfig:
     enabled: bool = True
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "dina-inpaint"
-    run_name: Optional[str] = None
+    run_name: Optional[str] = None  # None: <stage>-<data>-<backend>-<date>-<job id or random>
     log_images: bool = True
+    log_model: bool = True  # the last checkpoint's G1+G2 as the run's MLflow model, at the end
+    system_metrics: bool = True  # CPU/GPU use and memory as system/* metrics (main process)
+    system_metrics_interval: float = 10.0  # seconds between samples
 
 
 @dataclass
@@ -268,6 +271,8 @@ def validate(cfg: DictConfig) -> None:
     _check(0 < o.warm_down_ratio <= 1, "optim.warm_down_ratio", "must be in (0, 1]")
     _check(o.warm_up_steps is None or o.warm_up_steps >= 0, "optim.warm_up_steps",
            "must be >= 0 (or null for Ranger21's rule)")
+    _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
+           "must be positive (seconds)")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -46,8 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "PSNR and SSIM of the composited output, as the paper's Table 1.",
         epilog="Outputs: OUT/pairs.json, metrics.json, table.md, timing.json, "
                "images/<stem>__<bucket>.png (--save-images).")
-    p.add_argument("--checkpoint", help="checkpoint dir or run output dir (latest checkpoint); "
-                                        "needed for --method model")
+    p.add_argument("--checkpoint", help="checkpoint dir, run output dir (latest checkpoint), or "
+                                        "an MLflow model URI (runs:/RUN_ID, models:/MODEL_ID, "
+                                        "models:/NAME/VERSION); needed for --method model")
     p.add_argument("--edge-checkpoint",
                    help="take G1 from this checkpoint (for a texture-stage checkpoint without G1)")
     p.add_argument("--method", choices=METHODS, default="model",
@@ -89,34 +90,40 @@ def load_method(args: argparse.Namespace) -> tuple[Fill, Optional[dict], int]:
     """(fill, checkpoint info or None, image size) for the chosen method."""
     if args.method != "model":
         return BASELINES[args.method], None, args.image_size or 256
-    g1, g2, info = load_model(args.checkpoint, args.edge_checkpoint, args.device)
+    from pipeline.model_source import local_checkpoint
+    from pipeline.tracking import default_uri
+
+    checkpoint = local_checkpoint(args.checkpoint, args.tracking_uri or default_uri())
+    g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device)
     return model_fill(g1, g2), info, args.image_size or int(info["cfg"].data.image_size)
 
 
 def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_size: int) -> str:
     """A new evaluation run (nested under the checkpoint's run when known); returns its id."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    from mlflow.entities import Metric
+    from mlflow.entities import LoggedModelInput, Metric
     from mlflow.tracking import MlflowClient
+
+    from pipeline.dataset_inputs import dataset_input, spec_name
+    from pipeline.logged_model import find_model
+    from pipeline.tracking import (DEFAULT_EXPERIMENT, default_uri, experiment_id as get_experiment,
+                                   with_source_tags)
 
     meta = info["meta"] if info else {}
     source_run = meta.get("mlflow_run_id")
-    uri = (args.tracking_uri or meta.get("mlflow_tracking_uri")
-           or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    uri = args.tracking_uri or meta.get("mlflow_tracking_uri") or default_uri()
     client = MlflowClient(uri)
-    experiment_id = None
-    if args.experiment is None and source_run:
-        experiment_id = client.get_run(source_run).info.experiment_id
-    if experiment_id is None:
-        name = args.experiment or "dina-inpaint"
-        found = client.get_experiment_by_name(name)
-        experiment_id = found.experiment_id if found else client.create_experiment(name)
+    source_experiment = client.get_run(source_run).info.experiment_id if source_run else None
+    experiment_id = ((args.experiment is None and source_experiment)
+                     or get_experiment(client, args.experiment or DEFAULT_EXPERIMENT))
+    # the logged model holding these weights (logged by the training run or log_model.py)
+    model_id = info and find_model(client, source_experiment or experiment_id, Path(info["path"]))
     label = Path(info["path"]).name if info else "baseline"
     tags = {"dina.kind": "evaluation", "dina.method": args.method}
     if source_run:
         tags.update({"dina.source_run_id": source_run, "mlflow.parentRunId": source_run})
     run = client.create_run(experiment_id, run_name=args.run_name or f"eval-{args.method}-{label}",
-                            tags=tags)
+                            tags=with_source_tags(tags))
     run_id = run.info.run_id
     params = {"method": args.method, "images": args.images, "masks": args.masks,
               "image_size": image_size, "per_bucket": args.per_bucket}
@@ -125,8 +132,15 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
                        "stage": meta.get("stage")})
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
+    test_set = dataset_input(args.images, spec_name(args.images), "evaluation")
+    client.log_inputs(run_id, datasets=[test_set, dataset_input(args.masks, spec_name(args.masks),
+                                                                "evaluation")],
+                      models=[LoggedModelInput(model_id)] if model_id else None)
     now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in flat_metrics(summary).items()]
+    # with model_id and the test set named, the metrics also show on the logged model's page
+    metrics = [Metric(k, v, now, 0, model_id=model_id,
+                      dataset_name=test_set.dataset.name, dataset_digest=test_set.dataset.digest)
+               for k, v in flat_metrics(summary).items()]
     client.log_batch(run_id, metrics=metrics)
     for name in ("table.md", "metrics.json", "pairs.json"):
         client.log_artifact(run_id, str(out / name))

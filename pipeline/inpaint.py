@@ -40,6 +40,8 @@ from pipeline.inference import InferenceError, load_model, model_fill
 from pipeline.images import ImageError, decode_rgb, open_image, to_gray
 from pipeline.masks import mask_levels
 from pipeline.metrics import to_uint8
+from pipeline.model_source import ModelSourceError, local_checkpoint
+from pipeline.tracking import default_uri
 
 GREY_LOW, GREY_HIGH = 32, 223  # a mask pixel outside [0, 32) and (223, 255] is "grey"
 MAX_GREY_FRACTION = 0.01
@@ -167,7 +169,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Inpaint one image of any size with a trained checkpoint.",
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint dir, or a run output dir (its latest checkpoint)")
+                   help="checkpoint dir, a run output dir (its latest checkpoint), or an MLflow "
+                        "model URI (runs:/RUN_ID, models:/MODEL_ID, models:/NAME/VERSION; "
+                        "server from $MLFLOW_TRACKING_URI)")
     p.add_argument("--edge-checkpoint", help="take G1 from this checkpoint instead")
     p.add_argument("--image", required=True, help="image file, any size")
     p.add_argument("--mask", required=True, help="mask file of the same size, white = hole")
@@ -192,11 +196,12 @@ def main(argv=None) -> None:
         if not hole.any():
             raise InpaintError(f"mask {args.mask} has no hole pixels (white = hole; "
                                f"--invert-mask if the holes are black)")
-        g1, g2, info = load_model(args.checkpoint, args.edge_checkpoint, args.device)
+        checkpoint = local_checkpoint(args.checkpoint, default_uri())
+        g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device)
         size = int(info["cfg"].data.image_size)
         out, done = inpaint_image(rgb, hole, g1, g2, size, args.device)
         write_output(args.out, out, fmt)
-    except (InpaintError, InferenceError) as err:
+    except (InpaintError, InferenceError, ModelSourceError) as err:
         print(f"inpaint.py: error: {err}", file=sys.stderr)
         sys.exit(exit_codes.SETUP)
     h, w = hole.shape

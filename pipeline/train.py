@@ -179,14 +179,13 @@ class Trainer:
         self.loader = train_loader(cfg.data, seed, acc.process_index, acc.num_processes,
                                    skip_batches=skip)
         self.val_batch = self._validation_batch() if acc.is_main_process else None
-        self.tracker = Tracker(cfg, acc.is_main_process, resume_run_id=run_id)
         backend = resolve_backend(cfg.model.attention.backend, cfg.model.attention.bias, acc.device)
+        self.tracker = Tracker(cfg, acc.is_main_process, backend, resume_run_id=run_id)
         if acc.is_main_process:
             log.info("stage %s | %d processes | mixed precision %s | DiNA backend %s | %.2fM params",
                      t.stage, acc.num_processes, acc.mixed_precision,
                      backend if cfg.model.attention.enabled else "off", n_params / 1e6)
-        self.tracker.set_tags({"attention_backend_resolved": backend,
-                               "num_processes": acc.num_processes})
+        self.tracker.set_tags({"num_processes": acc.num_processes})
 
     def _resume(self) -> Optional[str]:
         """Restore state from train.resume; returns the MLflow run to continue, if any."""
@@ -235,8 +234,7 @@ class Trainer:
         path = checkpoint.save(self.accelerator, str(self.output_dir), step, self.cfg, generators,
                                {"reason": reason, "mlflow_run_id": self.tracker.run_id,
                                 "mlflow_tracking_uri": self.tracker.uri})
-        if self.accelerator.is_main_process:
-            self.tracker.set_tags({"last_checkpoint": str(path.resolve())})
+        self.tracker.record_checkpoint(path, reason)
         return path
 
     @torch.no_grad()

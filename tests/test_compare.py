@@ -133,3 +133,32 @@ def test_shipped_reference_files_parse(two_runs, tmp_path):
     result = _compare("--experiment", "compare-test", "--reference", references[0],
                       "--reference", references[1], "--out", str(tmp_path), uri=two_runs[0])
     assert result.returncode == 0, result.stderr
+
+
+def test_a_run_without_metrics_is_skipped_with_a_warning(mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment("compare-skip")
+    _evaluation_run(client, experiment_id, "scored", 30.0, 0.9)
+    empty = client.create_run(experiment_id, run_name="no-metrics",
+                              tags={"dina.kind": "evaluation"})
+    client.set_terminated(empty.info.run_id, "FINISHED")
+    result = _compare("--experiment", "compare-skip", "--out", str(tmp_path), uri=mlflow_server)
+    assert result.returncode == 0, result.stderr
+    assert empty.info.run_id in result.stderr and "left out" in result.stderr
+    labels = [line.split(" | ")[1] for line in (tmp_path / "table.md").read_text().splitlines()[2:]]
+    assert labels == ["scored", "scored"]
+
+
+def test_paper_rows_print_beside_the_runs_best_marked(two_runs, tmp_path):
+    reference = str(REPO / "configs" / "reference" / "paper_paris.yaml")
+    result = _compare("--experiment", "compare-test", "--reference", reference,
+                      "--out", str(tmp_path), uri=two_runs[0])
+    assert result.returncode == 0, result.stderr
+    rows = {tuple(line.split(" | ")[:2]): line for line in result.stdout.splitlines()
+            if line.startswith("| PSNR") or line.startswith("| SSIM")}
+    assert {label for _, label in rows} == {"ours", "telea", "GC (gated conv)",
+                                            "EC (EdgeConnect)", "MADF", "DiNA (paper)"}
+    # the paper's DiNA row has the best PSNR in every bucket of Table 1
+    assert rows[("| PSNR", "DiNA (paper)")].startswith(
+        "| PSNR | DiNA (paper) | **36.94** | **31.34** | **28.09** | **25.89** | **24.53** | "
+        "**22.25** |")
