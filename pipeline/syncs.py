@@ -21,10 +21,19 @@ def _inside(event, names: set[str]) -> bool:
     return False
 
 
+def profiled(fn: Callable[[], object], cuda: bool = False):
+    """(the profiler, after running fn under it; fn's result)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        result = fn()
+    return prof, result
+
+
+def host_syncs(events) -> int:
+    return sum(1 for e in events if e.name == SYNC_OP and not _inside(e, NOT_A_GPU_SYNC))
+
+
 def count_host_syncs(fn: Callable[[], object]) -> tuple[int, object]:
     """(host syncs made while running fn, fn's result)."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        result = fn()
-    syncs = sum(1 for e in prof.events()
-                if e.name == SYNC_OP and not _inside(e, NOT_A_GPU_SYNC))
-    return syncs, result
+    prof, result = profiled(fn)
+    return host_syncs(prof.events()), result

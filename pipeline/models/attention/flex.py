@@ -104,13 +104,16 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     score_mod = None
     if rpb is not None:
         bias = neighbour_bias(rpb.to(q.dtype), height, width, kernel_size, dilation)
-        bias = bias[:, layout.order]  # rows in kernel order too
+        # rows in kernel order too, and one copy per batch element: the kernel's backward then
+        # writes each bias cell's gradient from one score only (no atomics shared across the
+        # batch); autograd sums the copies back
+        bias = bias[:, layout.order].expand(batch, -1, -1, -1).contiguous()
         row, col, rows, cols = layout.row, layout.col, layout.rows, layout.cols
 
         def score_mod(score, b, h, q_idx, kv_idx):
             j = (rows.neighbour(row[q_idx], row[kv_idx], kernel_size) * kernel_size
                  + cols.neighbour(col[q_idx], col[kv_idx], kernel_size))
-            return score + bias[h, q_idx, j]
+            return score + bias[b, h, q_idx, j]
 
     fused = q.is_cuda if compiled is None else compiled
     # inside a torch.compile'd model dynamo traces flex_attention into the model's own graph;
