@@ -99,6 +99,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 0.0  # max grad norm per network; 0 disables
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no codegen, for debugging)
     output_dir: str = "runs/${train.stage}"
     log_every: int = 10
     val_every: int = 1000
