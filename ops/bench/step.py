@@ -214,15 +214,19 @@ def main() -> None:
                       f"  {row['ms_per_step']:8.1f} ms/step{mem}  {row['host_syncs_per_step']} "
                       f"host syncs/step  optimizer {row['optimizer_ms_per_step']:.1f} ms/step "
                       f"({100 * row['optimizer_share']:.0f} %)", flush=True)
+                write_report(args, results)  # after every row: a run cut short keeps its rows
+    for key, value in write_report(args, results)["ratios"].items():
+        print(f"{key}: {value:.2f}x")
+    print(f"wrote {args.json}")
+
+
+def write_report(args: argparse.Namespace, results: list[dict]) -> dict:
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "torch": torch.__version__, "preset": args.preset, "optim": args.optim,
-              "results": results,
-              "ratios": ratios(results)}
-    for key, value in report["ratios"].items():
-        print(f"{key}: {value:.2f}x")
+              "results": results, "ratios": ratios(results)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.json}")
+    return report
 
 
 if __name__ == "__main__":
