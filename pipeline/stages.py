@@ -83,11 +83,12 @@ class StepContext:
         return self.accelerator.unwrap_model(self.nets[name])
 
 
-def gated(loss: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-    """The loss where `ok`, NaN elsewhere. A step to be skipped then has NaN in every gradient,
-    on every rank once DDP's all-reduce has summed them: each rank sees the same non-finite
-    gradients and skips the same update, without a host sync or a vote of its own."""
-    return loss * torch.where(ok, 1.0, float("nan"))
+def nan_unless(ok: torch.Tensor) -> torch.Tensor:
+    """1 where `ok`, NaN elsewhere: a factor that poisons what a skipped step computes. A loss
+    times it has NaN in every gradient, on every rank once DDP's all-reduce has summed them: each
+    rank sees the same non-finite gradients and skips the same update, with no host sync or vote
+    of its own."""
+    return torch.where(ok, 1.0, float("nan"))
 
 
 def optimise(ctx: StepContext, loss: torch.Tensor, names: tuple[str, ...],
@@ -98,7 +99,7 @@ def optimise(ctx: StepContext, loss: torch.Tensor, names: tuple[str, ...],
     ok = torch.isfinite(loss.detach())
     if after is not None:
         ok = ok & after
-    ctx.accelerator.backward(gated(loss, ok))
+    ctx.accelerator.backward(loss * nan_unless(ok))
     grads_ok = None  # a device flag where the gradients are checked
     if ctx.accelerator.sync_gradients:
         for name in names:
@@ -107,6 +108,9 @@ def optimise(ctx: StepContext, loss: torch.Tensor, names: tuple[str, ...],
             if ctx.check_grads:  # all-reduced gradients: every rank reaches the same verdict
                 finite = torch.isfinite(norm)
                 grads_ok = finite if grads_ok is None else grads_ok & finite
+    if grads_ok is not None and len(names) > 1:  # one network's bad gradients skip them all
+        grads = [p.grad for n in names for p in ctx.nets[n].parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, nan_unless(grads_ok))
     for name in names:
         opt = ctx.opts[name]
         # an optimizer that cannot skip on the device needs the verdict on the host: a sync
