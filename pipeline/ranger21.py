@@ -142,7 +142,7 @@ class Ranger21(torch.optim.Optimizer):
         # pass 1: clip, centralise, normalise; second moments; the variance normaliser
         variance_sum, n_params, per_group = 1.0, 0, []
         for group, params in groups:
-            beta1, beta2 = group["betas"]
+            beta2 = group["betas"][1]
             step = group["step"] + ok.long()
             group["step"] = step
             step_f = step.clamp(min=1).double()  # a skipped first step still divides safely
@@ -152,7 +152,7 @@ class Ranger21(torch.optim.Optimizer):
                 max_norm = _unit_norm(p).clamp_min_(self.agc_eps).mul_(self.agc_clip)
                 grad_norm = _unit_norm(grad).clamp_min_(1e-6)
                 clipped = torch.where(grad_norm > max_norm, grad * (max_norm / grad_norm), grad)
-                grad.copy_(torch.where(ok, clipped, torch.zeros_like(grad)))
+                grad.copy_(torch.where(ok, clipped, 0.0))  # a skipped step moves nothing
                 _centralise_and_normalise(grad)
             variances = [self.state[p]["variance_ma"] for p in params]
             torch._foreach_mul_(variances, torch.where(ok, beta2, 1.0).to(variances[0].dtype))
@@ -165,7 +165,7 @@ class Ranger21(torch.optim.Optimizer):
 
         # pass 2: decay, norm loss, the positive-negative momentum update
         for group, params, grads, step_f, bias2 in per_group:
-            beta1, _ = group["betas"]
+            beta1 = group["betas"][0]
             scheduled = self._schedule(group["lr"], step_f)
             self.current_lr = torch.where(ok, scheduled, self.current_lr)
             lr = torch.where(ok, scheduled, 0.0)
