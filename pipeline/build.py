@@ -69,7 +69,7 @@ def build_step_context(cfg: DictConfig, accelerator: Accelerator,
             vgg = VGGLoss(cfg.loss.vgg_weights).to(accelerator.device)
         except VGGWeightsError as err:
             raise SetupError(str(err)) from None
-    if t.compile:  # G, D and the VGG loss, each one graph
+    if t.compile:  # G, D and the VGG loss
         for name in trained:
             build_attention_layouts(nets[name], cfg.data.image_size, accelerator.device)
         nets = {n: (torch.compile(m, backend=t.compile_backend) if n in trained else m)

@@ -1,5 +1,6 @@
-"""torch.compile of the tiny generators on CPU (train.compile=true): same outputs as eager, and
-one compile that serves every following training step (no recompiles)."""
+"""torch.compile on CPU (train.compile=true): the tiny generators give eager's outputs, one compile
+serves every following training step (no recompiles), also for a whole training step, and the
+DiNA block mask is built before the graph, not inside it."""
 import pytest
 import torch
 from torch._dynamo.utils import counters
