@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import checkpoint
 from pipeline.losses import VGGLoss
+from pipeline.models.dina import DiNA
 from pipeline.models.vgg import VGGWeightsError
 from pipeline.networks import NETWORKS, build_network
 from pipeline.optim import build_optimizer
@@ -39,6 +40,19 @@ def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
     return nets
 
 
+def build_attention_layouts(net: torch.nn.Module, size: int, device: torch.device) -> None:
+    """One eager no-grad forward at the training size builds every DiNA layout (block masks,
+    lookup tables), so a compiled graph reads them instead of rebuilding them on each call."""
+    if not any(isinstance(m, DiNA) for m in net.modules()):
+        return
+    in_channels = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    was_training = net.training
+    net.to(device).eval()  # eval: no spectral-norm power iteration, the weights' state unchanged
+    with torch.no_grad():
+        net(torch.zeros(1, in_channels, size, size, device=device))
+    net.train(was_training)
+
+
 def build_step_context(cfg: DictConfig, accelerator: Accelerator,
                        nets: dict[str, torch.nn.Module]) -> StepContext:
     """Optimizers and losses for the trained networks; everything moved and wrapped for DDP."""
@@ -49,8 +63,12 @@ def build_step_context(cfg: DictConfig, accelerator: Accelerator,
             vgg = VGGLoss(cfg.loss.vgg_weights).to(accelerator.device)
         except VGGWeightsError as err:
             raise SetupError(str(err)) from None
-    if t.compile:
-        nets = {n: (torch.compile(m) if n in trained else m) for n, m in nets.items()}
+    if t.compile:  # G, D and the VGG loss
+        for name in trained:
+            build_attention_layouts(nets[name], cfg.data.image_size, accelerator.device)
+        nets = {n: (torch.compile(m, backend=t.compile_backend) if n in trained else m)
+                for n, m in nets.items()}
+        vgg = torch.compile(vgg, backend=t.compile_backend) if vgg is not None else None
     lrs = {"g1": cfg.optim.g_lr, "g2": cfg.optim.g_lr, "d1": cfg.optim.d_lr, "d2": cfg.optim.d_lr}
     opts = {n: build_optimizer(nets[n], lrs[n], t.steps, cfg.optim) for n in trained}
     prepared = accelerator.prepare(*[nets[n] for n in trained], *[opts[n] for n in trained])

@@ -83,7 +83,9 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "ranger21"  # ranger21 (paper) | adam (EdgeConnect's recipe, for baselines)
+    # ranger21 (paper; the project's sync-free implementation) | ranger21-reference
+    # (pytorch_optimizer's, the same update) | adam (EdgeConnect's recipe, for baselines)
+    name: str = "ranger21"
     g_lr: float = 1e-4
     d_lr: float = 1e-5
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -103,6 +105,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 0.0  # max grad norm per network; 0 disables
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: no codegen, for debugging)
     output_dir: str = "runs/${train.stage}"
     log_every: int = 10
     val_every: int = 1000
@@ -220,7 +223,8 @@ def validate(cfg: DictConfig) -> None:
     _check(t.mixed_precision in (None, *PRECISIONS), "train.mixed_precision",
            f"'{t.mixed_precision}' is not one of {', '.join(PRECISIONS)}")
     _check(d.resume in ("skip", "reseed"), "data.resume", "must be 'skip' or 'reseed'")
-    _check(cfg.optim.name in ("ranger21", "adam"), "optim.name", "must be 'ranger21' or 'adam'")
+    _check(cfg.optim.name in ("ranger21", "ranger21-reference", "adam"), "optim.name",
+           "must be 'ranger21', 'ranger21-reference' or 'adam'")
     _check(t.steps > 0, "train.steps", "must be positive")
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     _check(t.ckpt_every > 0 and t.log_every > 0 and t.val_every > 0, "train.ckpt_every",

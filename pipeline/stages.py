@@ -17,6 +17,7 @@ from torch import nn
 from pipeline.inference import complete_edges, composite, edge_inputs, texture_inputs
 from pipeline.losses import (VGGLoss, discriminator_loss, feature_matching_loss,
                              generator_adversarial_loss, hole_weighted_l1)
+from pipeline.optim import skips_non_finite_on_device
 from pipeline.stage_table import STAGES
 
 
@@ -37,30 +38,52 @@ class StepContext:
         return self.accelerator.unwrap_model(self.nets[name])
 
 
-def finite_on_all_ranks(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """Ranks must agree on skipping, or DDP's all-reduce in backward would hang."""
-    ok = torch.isfinite(loss.detach()).all().float().reshape(1)
-    return bool(accelerator.reduce(ok, reduction="sum").item() == accelerator.num_processes)
+def nan_unless(ok: torch.Tensor) -> torch.Tensor:
+    """1 where `ok`, NaN elsewhere: a factor that poisons what a skipped step computes. A loss
+    times it has NaN in every gradient, on every rank once DDP's all-reduce has summed them: each
+    rank sees the same non-finite gradients and skips the same update, with no host sync or vote
+    of its own."""
+    return torch.where(ok, 1.0, float("nan"))
 
 
-def optimise(ctx: StepContext, loss: torch.Tensor, names: tuple[str, ...]) -> bool:
-    """Backward, clip and step the named networks; False when the update was skipped as non-finite."""
-    opts = [ctx.opts[n] for n in names]
-    if not finite_on_all_ranks(ctx.accelerator, loss):
-        return False
-    ctx.accelerator.backward(loss)
-    ok = True
+def optimise(ctx: StepContext, loss: torch.Tensor, names: tuple[str, ...],
+             after: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Backward, clip and step the named networks. Returns a device flag, False where the update
+    was skipped as non-finite (this rank's view: the loss half differs between ranks, and the step
+    loop reduces it). `after`: the flag of an earlier update this one is skipped with."""
+    ok = torch.isfinite(loss.detach())
+    if after is not None:
+        ok = ok & after
+    ctx.accelerator.backward(loss * nan_unless(ok))
+    grads_ok = None  # a device flag where the gradients are checked
     if ctx.accelerator.sync_gradients:
         for name in names:
-            # gradients are already all-reduced here, so every rank reaches the same verdict
             norm = ctx.accelerator.clip_grad_norm_(ctx.nets[name].parameters(),
                                                    ctx.grad_clip or float("inf"))
-            ok = ok and (not ctx.check_grads or bool(torch.isfinite(norm)))
-    for opt in opts:
-        if ok:
+            if ctx.check_grads:  # all-reduced gradients: every rank reaches the same verdict
+                finite = torch.isfinite(norm)
+                grads_ok = finite if grads_ok is None else grads_ok & finite
+    if grads_ok is not None and len(names) > 1:  # one network's bad gradients skip them all
+        grads = [p.grad for n in names for p in ctx.nets[n].parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, nan_unless(grads_ok))
+    for name in names:
+        opt = ctx.opts[name]
+        # an optimizer that cannot skip on the device needs the verdict on the host: a sync
+        if grads_ok is None or skips_non_finite_on_device(opt) or bool(grads_ok):
             opt.step()
         opt.zero_grad(set_to_none=True)
-    return ok
+    return ok if grads_ok is None else ok & grads_ok
+
+
+def agree_on_step(accelerator: Accelerator, ok: torch.Tensor, stop_requested: bool
+                  ) -> tuple[bool, bool]:
+    """(every rank's step was finite, some rank was asked to stop): one all-reduce and the step's
+    one host sync. Ranks must agree on both, or they would leave the loop at different steps."""
+    # full_like, not torch.tensor: a host-to-device copy of a Python value would sync too
+    flags = torch.stack([(~ok).float(), torch.full_like(ok, stop_requested, dtype=torch.float)])
+    bad, stop = accelerator.reduce(flags, reduction="sum") > 0
+    verdict = int((bad.long() + 2 * stop.long()).item())
+    return not verdict & 1, bool(verdict & 2)
 
 
 @contextmanager
@@ -75,17 +98,17 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
-def _edge_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    """D1 update, then G1's adversarial + feature-matching loss (not yet applied)."""
+def _edge_losses(ctx: StepContext, batch: dict, pred: torch.Tensor,
+                 after: Optional[torch.Tensor] = None) -> tuple[dict, torch.Tensor]:
+    """D1 update, then G1's adversarial + feature-matching loss (not yet applied); logs["ok"]
+    is D1's flag: a non-finite D loss means G's output or the batch is bad, so G skips with it."""
     w = ctx.loss_cfg
     real = torch.cat([batch["edge"], batch["gray"]], dim=1)
     fake = torch.cat([pred, batch["gray"]], dim=1)
     real_logits, real_features = ctx.nets["d1"](real)
     fake_logits, _ = ctx.nets["d1"](fake.detach())
     d_loss = discriminator_loss(real_logits, fake_logits)
-    logs = {"edge/d": d_loss, "ok": optimise(ctx, d_loss, ("d1",))}
-    if not logs["ok"]:  # a non-finite D loss means G's output or the batch is bad: skip G too
-        return logs, None
+    logs = {"edge/d": d_loss, "ok": optimise(ctx, d_loss, ("d1",), after)}
     with frozen(ctx.plain("d1")) as d1:
         fake_logits, fake_features = d1(fake)
     adv = generator_adversarial_loss(fake_logits)
@@ -95,13 +118,13 @@ def _edge_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[dic
     return logs, g_loss
 
 
-def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    """D2 update, then G2's L1 + adversarial + perceptual + style loss (not yet applied)."""
+def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor,
+                    after: Optional[torch.Tensor] = None) -> tuple[dict, torch.Tensor]:
+    """D2 update, then G2's L1 + adversarial + perceptual + style loss (not yet applied); logs["ok"]
+    is D2's flag, as in _edge_losses."""
     w, image = ctx.loss_cfg, batch["image"]
     d_loss = discriminator_loss(ctx.nets["d2"](image)[0], ctx.nets["d2"](pred.detach())[0])
-    logs = {"texture/d": d_loss, "ok": optimise(ctx, d_loss, ("d2",))}
-    if not logs["ok"]:
-        return logs, None
+    logs = {"texture/d": d_loss, "ok": optimise(ctx, d_loss, ("d2",), after)}
     with frozen(ctx.plain("d2")) as d2:
         adv = generator_adversarial_loss(d2(pred)[0])
     l1 = hole_weighted_l1(pred, image, batch["mask"])
@@ -118,8 +141,7 @@ def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor) -> tuple[
 def edge_step(ctx: StepContext, batch: dict) -> dict:
     pred = ctx.nets["g1"](edge_inputs(batch))
     logs, g_loss = _edge_losses(ctx, batch, pred)
-    if g_loss is not None:
-        logs["ok"] = optimise(ctx, g_loss, ("g1",))
+    logs["ok"] = optimise(ctx, g_loss, ("g1",), after=logs["ok"])
     return logs
 
 
@@ -131,23 +153,18 @@ def texture_step(ctx: StepContext, batch: dict) -> dict:
         edges = batch["edge"]
     pred = ctx.nets["g2"](texture_inputs(batch["image"], edges, batch["mask"]))
     logs, g_loss = _texture_losses(ctx, batch, pred)
-    if g_loss is not None:
-        logs["ok"] = optimise(ctx, g_loss, ("g2",))
+    logs["ok"] = optimise(ctx, g_loss, ("g2",), after=logs["ok"])
     return logs
 
 
 def joint_step(ctx: StepContext, batch: dict) -> dict:
     edge_pred = ctx.nets["g1"](edge_inputs(batch))
     edge_logs, edge_g = _edge_losses(ctx, batch, edge_pred)
-    if edge_g is None:
-        return edge_logs
     edges = composite(edge_pred, batch["edge"], batch["mask"])  # G2's losses flow back into G1
     pred = ctx.nets["g2"](texture_inputs(batch["image"], edges, batch["mask"]))
-    logs, texture_g = _texture_losses(ctx, batch, pred)
-    edge_logs.pop("ok")  # True here; the texture half decides
+    logs, texture_g = _texture_losses(ctx, batch, pred, after=edge_logs.pop("ok"))
     logs.update(edge_logs)
-    if texture_g is not None:
-        logs["ok"] = optimise(ctx, edge_g + texture_g, ("g1", "g2"))
+    logs["ok"] = optimise(ctx, edge_g + texture_g, ("g1", "g2"), after=logs["ok"])
     return logs
 
 

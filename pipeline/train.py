@@ -43,7 +43,7 @@ from pipeline.models.dina import resolve_backend
 from pipeline.output_lock import OutputDirBusy, OutputLock
 from pipeline.scoring import evaluate
 from pipeline.stage_table import STAGES
-from pipeline.stages import step_function
+from pipeline.stages import agree_on_step, step_function
 from pipeline.tracking import Tracker
 
 log = logging.getLogger("dina.train")
@@ -307,7 +307,10 @@ class Trainer:
                         logs = step_fn(self.ctx, batch)
                 self.step += 1
                 bar.update(1)
-                if logs.pop("ok"):
+                # the step's one host sync: finite on every rank? a stop signal on any rank?
+                step_ok, stop_now = agree_on_step(acc, logs.pop("ok"),
+                                                  self.stop.signum is not None)
+                if step_ok:
                     bad_streak, first_bad = 0, None
                     window.append({k: v.detach() for k, v in logs.items()})  # no sync per step
                 else:
@@ -327,8 +330,10 @@ class Trainer:
                         break
                 if self.step % t.log_every == 0 and window:
                     elapsed = time.perf_counter() - window_start
-                    means = {k: torch.stack([w[k] for w in window]).float().mean().item()
-                             for k in window[0]}
+                    keys = list(window[0])  # one host sync for all the means
+                    values = torch.stack([torch.stack([w[k] for w in window]).float().mean()
+                                          for k in keys]).tolist()
+                    means = dict(zip(keys, values))
                     means["train/samples_per_s"] = len(window) * per_step / elapsed
                     means["data/skipped_samples"] = self.loader.skips.count
                     self.tracker.log_metrics(means, self.step)
@@ -337,7 +342,6 @@ class Trainer:
                     window, window_start = [], time.perf_counter()
                 if self.step % t.val_every == 0 or self.step == t.steps:
                     self.validate(self.step)
-                stop_now = self._stop_agreed()
                 # no checkpoint inside a non-finite streak: resume must start from before it
                 saved = bad_streak == 0 and (self.step % t.ckpt_every == 0 or self.step == t.steps
                                              or stop_now)
@@ -358,11 +362,6 @@ class Trainer:
         """Training batches across stream epochs (each pass of the loader is one)."""
         while True:
             yield from self.loader
-
-    def _stop_agreed(self) -> bool:
-        """A signal may reach one rank only; all stop at the same step or DDP would hang."""
-        flag = torch.tensor([1.0 if self.stop.signum else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def run(sources: list[str], overrides: list[str]) -> dict:

@@ -1,5 +1,6 @@
-"""torch.compile of the tiny generators on CPU (train.compile=true): same outputs as eager, and
-one compile that serves every following training step (no recompiles)."""
+"""torch.compile on CPU (train.compile=true): the tiny generators give eager's outputs, one compile
+serves every following training step (no recompiles), also for a whole training step, and the
+DiNA block mask is built before the graph, not inside it."""
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -11,7 +12,6 @@ from conftest import TINY
 
 
 @pytest.mark.slow  # inductor compiles forward and backward of two generators (~1 min on 2 cores)
-@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 @pytest.mark.parametrize("generator,in_channels", [("g1", 3), ("g2", 4)])
 def test_compiled_generator_matches_eager_without_recompiles(generator, in_channels):
     cfg = load_config([TINY], ["model.attention.backend=reference"])
@@ -35,3 +35,43 @@ def test_compiled_generator_matches_eager_without_recompiles(generator, in_chann
                 param -= 0.01 * grad
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["recompiles"], dict(counters["recompiles"])
+
+
+@pytest.mark.slow  # dynamo traces G2, D2 and the VGG loss, forward and backward
+def test_compiled_training_step_compiles_once():
+    """train.compile=true: a whole texture step (D then G, every loss) compiled; the steps after
+    the first reuse its graphs: no recompile, no new graph. (Graphs and recompiles are dynamo's
+    doing; aot_eager skips inductor's code generation, minutes on two cores.)"""
+    from test_step_syncs import batch, one_step, step_context
+
+    ctx = step_context("texture", "train.compile=true", "train.compile_backend=aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    assert one_step(ctx, batch()) == (True, False)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 3  # G2, D2, VGG
+    for _ in range(2):
+        assert one_step(ctx, batch()) == (True, False)
+    assert counters["stats"]["unique_graphs"] == graphs, dict(counters["stats"])
+    assert not counters["recompiles"], dict(counters["recompiles"])
+
+
+@pytest.mark.slow  # one inductor compile of flex_attention on CPU
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_block_mask_is_built_before_the_graph_not_in_it(monkeypatch):
+    """The compiled graph reads the layout an eager call built; tracing never rebuilds it."""
+    from pipeline.models.attention import flex
+
+    builds = []
+    real = flex.create_block_mask
+    monkeypatch.setattr(flex, "create_block_mask", lambda *a, **k: builds.append(1) or real(*a, **k))
+    q, k, v = torch.randn(3, 1, 16, 16, 2, 8, generator=torch.Generator().manual_seed(0))
+    rpb = None  # inductor's CPU flex template rejects a bias computed inside the graph
+    with torch.no_grad():
+        eager = flex.na2d(q, k, v, 5, 3, rpb, compiled=False)  # builds (16, 16, 5, 3)'s layout
+        assert len(builds) == 1
+        torch._dynamo.reset()
+        model = torch.compile(lambda *args: flex.na2d(*args, compiled=False))
+        for _ in range(2):
+            torch.testing.assert_close(model(q, k, v, 5, 3, rpb), eager, atol=1e-5, rtol=0)
+    assert len(builds) == 1

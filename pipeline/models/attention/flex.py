@@ -7,8 +7,9 @@ once per combination. The relative position bias is added by a score_mod that re
 (query, neighbour).
 On CUDA the op runs through torch.compile (the fused kernel); elsewhere flex_attention runs eagerly,
 which materialises the full score matrix and has no backward on CPU: use it there only to check
-parity with the reference backend. Inside a torch.compile'd model, dynamo traces through the
-cache, so the block mask is built inside the graph on every call (one graph, no graph breaks).
+parity with the reference backend. Inside a torch.compile'd model the graph reads the layout
+built before compiling (pipeline/build.py runs one eager forward first), instead of building it
+in the graph on every call.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import NamedTuple
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from pipeline.models.attention.neighbourhood import AxisBounds, axis_bounds, axis_tables
+from pipeline.models.attention.neighbourhood import (AxisBounds, axis_bounds, axis_tables,
+                                                     built_once)
 
 
 class Layout(NamedTuple):
@@ -48,7 +50,7 @@ def grouped_order(height: int, width: int, dilation: int, device) -> torch.Tenso
     return torch.argsort((group * height + r // dilation) * width + c // dilation)
 
 
-@functools.lru_cache(maxsize=64)
+@built_once
 def neighbourhood(height: int, width: int, kernel_size: int, dilation: int,
                   device: torch.device) -> Layout:
     """The block mask and the lookup tables its mask_mod reads, built once per shape.
@@ -104,13 +106,16 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     score_mod = None
     if rpb is not None:
         bias = neighbour_bias(rpb.to(q.dtype), height, width, kernel_size, dilation)
-        bias = bias[:, layout.order]  # rows in kernel order too
+        # rows in kernel order too, and one copy per batch element: the kernel's backward then
+        # writes each bias cell's gradient from one score only (no atomics shared across the
+        # batch); autograd sums the copies back
+        bias = bias[:, layout.order].expand(batch, -1, -1, -1).contiguous()
         row, col, rows, cols = layout.row, layout.col, layout.rows, layout.cols
 
         def score_mod(score, b, h, q_idx, kv_idx):
             j = (rows.neighbour(row[q_idx], row[kv_idx], kernel_size) * kernel_size
                  + cols.neighbour(col[q_idx], col[kv_idx], kernel_size))
-            return score + bias[h, q_idx, j]
+            return score + bias[b, h, q_idx, j]
 
     fused = q.is_cuda if compiled is None else compiled
     # inside a torch.compile'd model dynamo traces flex_attention into the model's own graph;

@@ -11,9 +11,31 @@ with `axis_tables`; flex_attention's mask_mod and score_mod read `axis_bounds`.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
 
 import torch
+
+
+def built_once(build: Callable) -> Callable:
+    """Memoise a layout builder (block mask, lookup tables) by its arguments (the map's shape).
+
+    Unlike functools.lru_cache, which torch.compile traces straight through (so the layout was
+    rebuilt inside the graph on every call), a plain dict lookup is something dynamo reads: a
+    layout built before compiling (one eager forward, see pipeline/build.py) enters the graph as
+    an input, never as ops.
+    """
+    layouts: dict = {}
+
+    @functools.wraps(build)
+    def layout(*key):
+        if key not in layouts:
+            if len(layouts) >= 64:  # inference over many image sizes: drop the oldest
+                del layouts[next(iter(layouts))]
+            layouts[key] = build(*key)
+        return layouts[key]
+
+    return layout
 
 
 def window_start(i: torch.Tensor, length: int, kernel_size: int, dilation: int) -> torch.Tensor:

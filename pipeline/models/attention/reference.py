@@ -11,19 +11,17 @@ Two formulations of the same op, picked by map size:
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from pipeline.models.attention.neighbourhood import axis_tables
+from pipeline.models.attention.neighbourhood import axis_tables, built_once
 
 # Dense scores cost (H*W)^2 against the gather's H*W*k*k; measured on CPU, dense still wins at a
 # 32x32 map with k=7 (2-4x) and its mask stays small (heads*1024^2 floats).
 DENSE_MAX_TOKENS = 1024
 
 
-@functools.lru_cache(maxsize=64)
+@built_once
 def gather_tables(height: int, width: int, kernel_size: int,
                   dilation: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query (row-major token), its k*k key tokens and their flat bias indices into a
@@ -36,7 +34,7 @@ def gather_tables(height: int, width: int, kernel_size: int,
     return keys.reshape(tokens, window), bias.reshape(tokens, window)
 
 
-@functools.lru_cache(maxsize=64)
+@built_once
 def neighbourhood_mask(height: int, width: int, kernel_size: int, dilation: int,
                        device: torch.device) -> torch.Tensor:
     """[H*W, H*W] additive mask: 0 on each query's neighbours, -inf elsewhere."""
