@@ -100,9 +100,12 @@ def measure(preset: str, stage: str, variant: str, precision: str, device: str, 
         overrides = [*overrides, f"optim.name={optim}"]
     if variant == "edgeconnect":
         precision, compile_ = "no", False  # the published recipe: strict fp32, eager
-    cfg = load_config(files, [*overrides, *variant_overrides(variant), f"train.stage={stage}",
+    cfg = load_config(files, [*overrides, *variant_overrides(variant), "train.stage=texture",
                               "loss.vgg_weights=random", f"train.compile={str(compile_).lower()}",
                               "train.edge_checkpoint=null", "train.steps=100000"])
+    # set after validation: edge-texture and joint want trained G1/G2 checkpoints, for which
+    # freshly built networks stand in here (the same work per step)
+    cfg.train.stage = stage
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     acc = Accelerator(mixed_precision=precision, cpu=device == "cpu")
