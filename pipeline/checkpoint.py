@@ -214,6 +214,19 @@ def pick_weights(states: dict[str, dict[str, torch.Tensor]], name: str, raw_weig
     return states.get(name)
 
 
+def saved_networks(path: Path) -> set[str]:
+    """Names of the networks in generators.safetensors (reads only its header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path / GENERATORS), framework="pt") as fh:
+        return {key.split(".", 1)[0] for key in fh.keys()}
+
+
+def holds_ema(path: Path) -> bool:
+    """Whether the checkpoint saved EMA weights."""
+    return any(name.endswith(EMA_SUFFIX) for name in saved_networks(path))
+
+
 def load_generator_weights(path: Path, name: str, net: nn.Module, raw_weights: bool) -> None:
     state = pick_weights(generator_states(path), name, raw_weights)
     if state is None:

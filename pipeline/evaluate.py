@@ -132,7 +132,7 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
               "image_size": image_size, "per_bucket": args.per_bucket}
     if info:
         params.update({"checkpoint": info["path"], "checkpoint_step": meta.get("step"),
-                       "stage": meta.get("stage")})
+                       "stage": meta.get("stage"), "weights": info["weights"]})
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     test_set = dataset_input(args.images, spec_name(args.images), "evaluation")

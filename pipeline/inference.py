@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.checkpoint import CheckpointError, generator_states, pick_weights, resolve
+from pipeline.checkpoint import (CheckpointError, generator_states, holds_ema, pick_weights,
+                                 resolve)
 from pipeline.images import canny_edges
 from pipeline.metrics import uint8_images
 from pipeline.networks import build_network
@@ -97,7 +98,8 @@ def load_generators(path: str | Path, device: str | torch.device = "cpu", raw_we
 
 def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str,
                raw_weights: bool = False) -> tuple[nn.Module, nn.Module, dict]:
-    """(g1, g2, info) for inference, info = {path, meta, cfg}; InferenceError says why not."""
+    """(g1, g2, info) for inference, info = {path, meta, cfg, weights: "ema" or "raw", which
+    the checkpoint's generators are}; InferenceError says why not."""
     try:
         path = resolve(checkpoint)
         cfg, g1, g2 = load_generators(path, device, raw_weights)
@@ -112,4 +114,5 @@ def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str,
         raise InferenceError(f"{path} has no edge generator G1; pass --edge-checkpoint with an "
                              f"edge-stage checkpoint")
     meta = json.loads((path / "meta.json").read_text())
-    return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg}
+    weights = "ema" if not raw_weights and holds_ema(path) else "raw"
+    return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg, "weights": weights}

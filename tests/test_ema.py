@@ -64,8 +64,10 @@ def checkpoints(tmp_path_factory):
 def test_load_model_picks_the_ema_unless_raw_weights(checkpoints):
     states = generator_states(checkpoints["ema"])
     assert {"g1", "g2", "g1_ema", "g2_ema"} <= states.keys()
+    assert load_model(str(checkpoints["raw"]), None, "cpu")[2]["weights"] == "raw"
     for raw, suffix in ((False, "_ema"), (True, "")):
-        g1, g2, _ = load_model(str(checkpoints["ema"]), None, "cpu", raw_weights=raw)
+        g1, g2, info = load_model(str(checkpoints["ema"]), None, "cpu", raw_weights=raw)
+        assert info["weights"] == ("raw" if raw else "ema")
         for name, net in (("g1", g1), ("g2", g2)):
             saved = states[name + suffix]
             assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items()), name
