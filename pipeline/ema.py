@@ -1,6 +1,7 @@
 """Exponential moving average of the trained generators' weights (`train.ema`, the decay).
 
-After every optimizer step each EMA copy moves towards the live weights:
+After every optimizer step that was applied (the trainer skips the EMA with a skipped,
+non-finite update) each EMA copy moves towards the live weights:
     ema <- ema + (1 - d_t) * (param - ema),   d_t = min(decay, (1 + t) / (10 + t))
 with t the step just taken. The warm-up of d_t (as TensorFlow's ExponentialMovingAverage with
 num_updates) keeps a short run from averaging in its random initial weights: the horizon grows

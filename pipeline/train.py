@@ -332,13 +332,15 @@ class Trainer:
                     with acc.accumulate(*[self.ctx.nets[n] for n in self.trained]):
                         logs = step_fn(self.ctx, batch)
                 self.step += 1
-                if self.ema is not None:  # after the update (a skipped one left the weights)
-                    self.ema.update(self.step)
                 bar.update(1)
                 # the step's one host sync: finite on every rank? a stop signal on any rank?
                 step_ok, stop_now = agree_on_step(acc, logs.pop("ok"),
                                                   self.stop.signum is not None)
                 if step_ok:
+                    # a skipped update leaves the EMA as it was too, so the checkpoint written
+                    # after a non-finite streak holds the EMA from before it
+                    if self.ema is not None:
+                        self.ema.update(self.step)
                     bad_streak, first_bad = 0, None
                     window.append({k: v.detach() for k, v in logs.items()})  # no sync per step
                 else:

@@ -15,6 +15,7 @@ from torch import nn
 
 from conftest import REPO, TINY
 from eval_helpers import make_checkpoint
+from test_faults import harness
 from pipeline.checkpoint import generator_states
 from pipeline.config import ConfigError, load_config
 from pipeline.ema import GeneratorEMA
@@ -115,3 +116,21 @@ def test_evaluate_uses_the_ema_by_default_and_raw_with_the_flag(checkpoints, sam
     assert default != raw
     assert default == metrics("avg")
     assert raw == metrics("raw")
+
+
+@pytest.mark.slow
+def test_skipped_steps_leave_the_ema_as_it_was(sample_shards, tmp_path):
+    """Steps 3-5 non-finite: the checkpoint written at the stop (step 2) holds the EMA of an
+    unpoisoned run's step 2, not one pulled further towards the unchanged weights."""
+    stopped = harness(sample_shards, tmp_path / "stopped", "--poison-steps", "3,4,5",
+                      "train.steps=10", "train.max_bad_steps=3", "train.ckpt_every=100")
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    # the same 10-step schedule (Ranger21's depends on train.steps), with a step-2 checkpoint
+    straight = harness(sample_shards, tmp_path / "straight", "train.steps=10",
+                       "train.ckpt_every=2", "train.ckpt_limit=5")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    name = "run/checkpoints/checkpoint-00000002"
+    got, want = (generator_states(tmp_path / run / name) for run in ("stopped", "straight"))
+    assert "g2_ema" in want
+    for net in want:
+        assert all(torch.equal(v, got[net][k]) for k, v in want[net].items()), net
