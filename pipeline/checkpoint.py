@@ -3,7 +3,8 @@
 Layout: <output_dir>/checkpoints/checkpoint-<step:08d>/
   Accelerate's save_state files (models, optimizers, GradScaler, every rank's RNG state),
   generators.safetensors (g1.*, g2.*: all inference needs; with train.ema also g1_ema.*,
-  g2_ema.* for the generators the stage trains, which inference prefers and a resume restores),
+  g2_ema.* for the generators the stage trains, which inference prefers and a resume restores;
+  a generator a stage only carries or uses is saved as loaded, its source's EMA where it had one),
   config.yaml (resolved config),
   meta.json (step, stage, MLflow run, the size and sha256 of every file, complete=true).
 
