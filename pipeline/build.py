@@ -3,12 +3,14 @@ Accelerate. Shared by the trainer and the step benchmark, so both measure the sa
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import checkpoint
+from pipeline.ema import GeneratorEMA
 from pipeline.losses import VGGLoss
 from pipeline.models.dina import DiNA
 from pipeline.models.vgg import VGGWeightsError
@@ -25,19 +27,36 @@ class SetupError(RuntimeError):
 
 
 def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
-    """The stage's networks; a generator whose checkpoint key is set is loaded from it."""
+    """The stage's networks; a generator whose checkpoint key is set is loaded from it: the
+    weights that were trained when this stage trains it further, its EMA (where saved) when it
+    is only used or carried, as inference would use it."""
     sources = {g: OmegaConf.select(cfg, key) for g, key in CHECKPOINT_KEY.items()}
-    wanted = STAGES[cfg.train.stage].networks({g for g, source in sources.items() if source})
+    stage = STAGES[cfg.train.stage]
+    wanted = stage.networks({g for g, source in sources.items() if source})
     nets = {name: build_network(name, cfg.model) for name in NETWORKS if name in wanted}
     for name, source in sources.items():
         if source and name in nets:
             try:
                 path = checkpoint.resolve(source)
-                checkpoint.load_generator_weights(path, name, nets[name])
+                checkpoint.load_generator_weights(path, name, nets[name],
+                                                  raw_weights=name in stage.trains)
             except checkpoint.CheckpointError as err:
                 raise SetupError(f"cannot load {name} from {source}: {err}") from None
             log.info("%s loaded from %s", name, path)
     return nets
+
+
+def build_ema(stage: str, decay: float, accelerator: Accelerator,
+              nets: dict[str, torch.nn.Module]) -> Optional[GeneratorEMA]:
+    """EMA copies of the generators `stage` trains (None when `decay` is 0, train.ema's off),
+    made from the prepared networks, so they live on the training device."""
+    trained = STAGES[stage].hands_on
+    if not decay or not trained:
+        return None
+    # the plain module under DDP and torch.compile: the same parameters, a state dict without
+    # the compile wrapper's key prefix
+    plain = {n: accelerator.unwrap_model(nets[n], keep_torch_compile=False) for n in trained}
+    return GeneratorEMA(plain, decay)
 
 
 def build_attention_layouts(net: torch.nn.Module, size: int, device: torch.device) -> None:

@@ -2,7 +2,10 @@
 
 Layout: <output_dir>/checkpoints/checkpoint-<step:08d>/
   Accelerate's save_state files (models, optimizers, GradScaler, every rank's RNG state),
-  generators.safetensors (g1.*, g2.*: all inference needs), config.yaml (resolved config),
+  generators.safetensors (g1.*, g2.*: all inference needs; with train.ema also g1_ema.*,
+  g2_ema.* for the generators the stage trains, which inference prefers and a resume restores;
+  a generator a stage only carries or uses is saved as loaded, its source's EMA where it had one),
+  config.yaml (resolved config),
   meta.json (step, stage, MLflow run, the size and sha256 of every file, complete=true).
 
 A checkpoint is written under a temporary name, fsynced and renamed, so a crash mid-write leaves
@@ -35,6 +38,7 @@ log = logging.getLogger("dina.checkpoint")
 
 PATTERN = re.compile(r"^checkpoint-(\d{8})$")
 GENERATORS = "generators.safetensors"
+EMA_SUFFIX = "_ema"  # g1_ema.* / g2_ema.*: the EMA copies of g1 / g2
 
 
 class CheckpointError(RuntimeError):
@@ -194,7 +198,7 @@ def resolve(path_or_run: str | Path) -> Path:
 
 
 def generator_states(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """generators.safetensors split by network: {"g1": state_dict, "g2": state_dict}."""
+    """generators.safetensors split by network: {"g1": state_dict, "g2_ema": state_dict, ...}."""
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in load_file(str(path / GENERATORS)).items():
         name, param = key.split(".", 1)
@@ -202,8 +206,30 @@ def generator_states(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return states
 
 
-def load_generator_weights(path: Path, name: str, net: nn.Module) -> None:
-    states = generator_states(path)
-    if name not in states:
+def pick_weights(states: dict[str, dict[str, torch.Tensor]], name: str, raw_weights: bool
+                 ) -> Optional[dict[str, torch.Tensor]]:
+    """Generator `name`'s state: its EMA where the checkpoint has one unless `raw_weights`;
+    None where the checkpoint holds no such generator."""
+    if not raw_weights and name + EMA_SUFFIX in states:
+        return states[name + EMA_SUFFIX]
+    return states.get(name)
+
+
+def saved_networks(path: Path) -> set[str]:
+    """Names of the networks in generators.safetensors (reads only its header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path / GENERATORS), framework="pt") as fh:
+        return {key.split(".", 1)[0] for key in fh.keys()}
+
+
+def holds_ema(path: Path) -> bool:
+    """Whether the checkpoint saved EMA weights."""
+    return any(name.endswith(EMA_SUFFIX) for name in saved_networks(path))
+
+
+def load_generator_weights(path: Path, name: str, net: nn.Module, raw_weights: bool) -> None:
+    state = pick_weights(generator_states(path), name, raw_weights)
+    if state is None:
         raise CheckpointError(f"{path} holds no '{name}' generator")
-    net.load_state_dict(states[name])
+    net.load_state_dict(state)

@@ -116,6 +116,9 @@ class TrainConfig:
     edge_checkpoint: Optional[str] = None  # G1
     texture_checkpoint: Optional[str] = None  # G2
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    # decay of the generators' weight EMA (pipeline/ema.py), 0 = off; validation, evaluate.py
+    # and inpaint.py use the EMA by default
+    ema: float = 0.999
 
 
 @dataclass
@@ -239,6 +242,7 @@ def validate(cfg: DictConfig) -> None:
     _check(d.max_bad_samples >= 1, "data.max_bad_samples", "must be >= 1")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    _check(0 <= t.ema < 1, "train.ema", "must be in [0, 1) (0 disables the EMA)")
     for key in ("channels", "d_channels"):
         _check(m[key] >= 1, f"model.{key}", "must be >= 1")
     _check(m.attention.heads >= 1, "model.attention.heads", "must be >= 1")

@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                         "models:/NAME/VERSION); needed for --method model")
     p.add_argument("--edge-checkpoint",
                    help="take G1 from this checkpoint (for a texture-stage checkpoint without G1)")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="use the raw trained weights; by default a checkpoint's EMA weights "
+                        "(train.ema) are used where it holds them")
     p.add_argument("--method", choices=METHODS, default="model",
                    help="model: G1->G2 from --checkpoint; mean / telea: baselines")
     p.add_argument("--images", required=True,
@@ -94,7 +97,7 @@ def load_method(args: argparse.Namespace) -> tuple[Fill, Optional[dict], int]:
     from pipeline.tracking import default_uri
 
     checkpoint = local_checkpoint(args.checkpoint, args.tracking_uri or default_uri())
-    g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device)
+    g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device, args.raw_weights)
     return model_fill(g1, g2), info, args.image_size or int(info["cfg"].data.image_size)
 
 
@@ -129,7 +132,7 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
               "image_size": image_size, "per_bucket": args.per_bucket}
     if info:
         params.update({"checkpoint": info["path"], "checkpoint_step": meta.get("step"),
-                       "stage": meta.get("stage")})
+                       "stage": meta.get("stage"), "weights": info["weights"]})
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     test_set = dataset_input(args.images, spec_name(args.images), "evaluation")

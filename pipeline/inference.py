@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.checkpoint import CheckpointError, generator_states, resolve
+from pipeline.checkpoint import (CheckpointError, generator_states, holds_ema, pick_weights,
+                                 resolve)
 from pipeline.images import canny_edges
 from pipeline.metrics import uint8_images
 from pipeline.networks import build_network
@@ -78,27 +79,32 @@ def model_fill(g1: nn.Module, g2: nn.Module) -> Fill:
     return fill
 
 
-def load_generators(path: str | Path, device: str | torch.device = "cpu"
+def load_generators(path: str | Path, device: str | torch.device = "cpu", raw_weights: bool = False
                     ) -> tuple[DictConfig, Optional[nn.Module], Optional[nn.Module]]:
-    """(cfg, g1 or None, g2 or None) of a checkpoint (or a run dir's latest), in eval mode."""
+    """(cfg, g1 or None, g2 or None) of a checkpoint (or a run dir's latest), in eval mode: each
+    generator's EMA weights where the checkpoint has them, unless `raw_weights`."""
     ckpt = resolve(path)
     cfg = OmegaConf.load(ckpt / "config.yaml")
+    states = generator_states(ckpt)
     nets = {}
-    for name, state in generator_states(ckpt).items():
-        nets[name] = build_network(name, cfg.model)
-        nets[name].load_state_dict(state)
-        nets[name].to(device).eval()
+    for name in ("g1", "g2"):
+        state = pick_weights(states, name, raw_weights)
+        if state is not None:
+            nets[name] = build_network(name, cfg.model)
+            nets[name].load_state_dict(state)
+            nets[name].to(device).eval()
     return cfg, nets.get("g1"), nets.get("g2")
 
 
-def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str
-               ) -> tuple[nn.Module, nn.Module, dict]:
-    """(g1, g2, info) for inference, info = {path, meta, cfg}; InferenceError says why not."""
+def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str,
+               raw_weights: bool = False) -> tuple[nn.Module, nn.Module, dict]:
+    """(g1, g2, info) for inference, info = {path, meta, cfg, weights: "ema" or "raw", which
+    the checkpoint's generators are}; InferenceError says why not."""
     try:
         path = resolve(checkpoint)
-        cfg, g1, g2 = load_generators(path, device)
+        cfg, g1, g2 = load_generators(path, device, raw_weights)
         if edge_checkpoint:
-            g1 = load_generators(edge_checkpoint, device)[1]
+            g1 = load_generators(edge_checkpoint, device, raw_weights)[1]
     except CheckpointError as err:
         raise InferenceError(f"checkpoint: {err}") from None
     if g2 is None:
@@ -108,4 +114,5 @@ def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str
         raise InferenceError(f"{path} has no edge generator G1; pass --edge-checkpoint with an "
                              f"edge-stage checkpoint")
     meta = json.loads((path / "meta.json").read_text())
-    return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg}
+    weights = "ema" if not raw_weights and holds_ema(path) else "raw"
+    return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg, "weights": weights}

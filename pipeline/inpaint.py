@@ -173,6 +173,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "model URI (runs:/RUN_ID, models:/MODEL_ID, models:/NAME/VERSION; "
                         "server from $MLFLOW_TRACKING_URI)")
     p.add_argument("--edge-checkpoint", help="take G1 from this checkpoint instead")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="use the raw trained weights; by default a checkpoint's EMA weights "
+                        "(train.ema) are used where it holds them")
     p.add_argument("--image", required=True, help="image file, any size")
     p.add_argument("--mask", required=True, help="mask file of the same size, white = hole")
     p.add_argument("--invert-mask", action="store_true", help="black = hole")
@@ -197,7 +200,8 @@ def main(argv=None) -> None:
             raise InpaintError(f"mask {args.mask} has no hole pixels (white = hole; "
                                f"--invert-mask if the holes are black)")
         checkpoint = local_checkpoint(args.checkpoint, default_uri())
-        g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device)
+        g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device,
+                                  args.raw_weights)
         size = int(info["cfg"].data.image_size)
         out, done = inpaint_image(rgb, hole, g1, g2, size, args.device)
         write_output(args.out, out, fmt)

@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import torch
 
-from pipeline.checkpoint import GENERATORS, CheckpointError, resolve
+from pipeline.checkpoint import GENERATORS, CheckpointError, resolve, saved_networks
 from pipeline.images import to_gray
 from pipeline.inference import load_generators, model_fill
 
@@ -62,11 +62,7 @@ class Inpainter(mlflow.pyfunc.PythonModel):
 
 def can_inpaint(checkpoint: Path) -> bool:
     """Whether the checkpoint holds both generators (an edge-stage one holds only G1)."""
-    from safetensors import safe_open
-
-    with safe_open(str(checkpoint / GENERATORS), framework="pt") as fh:
-        networks = {key.split(".", 1)[0] for key in fh.keys()}
-    return {"g1", "g2"} <= networks
+    return {"g1", "g2"} <= saved_networks(checkpoint)
 
 
 def generators_sha256(checkpoint: Path) -> str:

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pipeline import checkpoint, exit_codes
-from pipeline.build import SetupError, build_networks, build_step_context
+from pipeline.build import SetupError, build_ema, build_networks, build_step_context
 from pipeline.config import ConfigError, flatten, load_config, split_args, to_yaml
 from pipeline.data import DataError, eval_loader, eval_pairs, train_loader
 from pipeline.inference import complete_edges, inpaint, known_region_edges
@@ -172,6 +172,7 @@ class Trainer:
         self.lock = lock_output_dir(acc, self.output_dir)
         self.trained = STAGES[t.stage].trains
         self.ctx = build_step_context(cfg, acc, nets)
+        self.ema = build_ema(t.stage, t.ema, acc, self.ctx.nets)
         self.step = 0
         run_id = self._resume()
         skip = self.step * t.grad_accum if cfg.data.resume == "skip" else 0
@@ -214,9 +215,23 @@ class Trainer:
             raise SetupError(f"checkpoint {path} was trained with {', '.join(differences)}; "
                              f"resume with the same model, or use a new train.output_dir")
         self.accelerator.load_state(str(path))
+        self._restore_ema(path)
         self.step = meta["step"]
         log.info("resumed from %s at step %d", path, self.step)
         return meta.get("mlflow_run_id")
+
+    def _restore_ema(self, path: Path) -> None:
+        """The EMA saved with the checkpoint's generators; the resumed weights where it has none
+        (it was trained with train.ema=0)."""
+        if self.ema is None:
+            return
+        states = checkpoint.generator_states(path)
+        saved = {n: states.get(n + checkpoint.EMA_SUFFIX) for n in self.ema.models}
+        if all(state is not None for state in saved.values()):
+            self.ema.load_states(saved)
+        else:
+            log.warning("%s holds no EMA weights: the EMA starts from the resumed weights", path)
+            self.ema.reset()
 
     def _validation_batch(self) -> Optional[dict]:
         d = self.cfg.data
@@ -231,6 +246,8 @@ class Trainer:
 
     def save(self, step: int, reason: str) -> Path:
         generators = {n: self.ctx.nets[n] for n in ("g1", "g2") if n in self.ctx.nets}
+        if self.ema is not None:
+            generators.update({n + checkpoint.EMA_SUFFIX: m for n, m in self.ema.models.items()})
         path = checkpoint.save(self.accelerator, str(self.output_dir), step, self.cfg, generators,
                                {"reason": reason, "mlflow_run_id": self.tracker.run_id,
                                 "mlflow_tracking_uri": self.tracker.uri})
@@ -239,15 +256,26 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, step: int) -> None:
-        """Sample grid and per-bucket PSNR/SSIM on the fixed validation batch (main process)."""
+        """Sample grid and per-bucket PSNR/SSIM on the fixed validation batch (main process):
+        val/* of the weights inference uses (the EMA where train.ema is on, as the sample grid),
+        and with the EMA on also val_raw/* of the raw weights."""
         if self.val_batch is None or not self.accelerator.is_main_process:
             return
-        nets, batch = self.ctx.nets, self.val_batch
-        g1 = self.accelerator.unwrap_model(nets["g1"]) if "g1" in nets else None
-        g2 = self.accelerator.unwrap_model(nets["g2"]) if "g2" in nets else None
-        for net in (g1, g2):
-            if net is not None:
-                net.eval()
+        raw = {n: self.accelerator.unwrap_model(net) for n, net in self.ctx.nets.items()
+               if n in ("g1", "g2")}
+        for net in raw.values():
+            net.eval()
+        variants = {"val/": raw}
+        if self.ema is not None:
+            variants = {"val/": {**raw, **self.ema.models}, "val_raw/": raw}
+        for prefix, generators in variants.items():
+            self._validate_weights(step, prefix, generators.get("g1"), generators.get("g2"))
+        for name in self.trained:
+            self.ctx.nets[name].train()
+
+    def _validate_weights(self, step: int, prefix: str, g1: Optional[torch.nn.Module],
+                          g2: Optional[torch.nn.Module]) -> None:
+        batch = self.val_batch
         if g2 is None:  # edge stage: no image output to score
             edges = complete_edges(g1, batch)
             output = batch["image"] * (1 - batch["mask"])
@@ -256,10 +284,8 @@ class Trainer:
             # scored by the core evaluate.py uses; the output is the fill of the one batch
             summary, _ = evaluate([batch], lambda _: output, self.accelerator.device,
                                   progress=False)
-            self.tracker.log_metrics(flat_metrics(summary, "val/"), step)
-        for name in self.trained:
-            nets[name].train()
-        if self.cfg.tracking.log_images:
+            self.tracker.log_metrics(flat_metrics(summary, prefix), step)
+        if prefix == "val/" and self.cfg.tracking.log_images:
             self.tracker.log_image(image_grid(batch, edges, output), f"samples-{step:08d}.png",
                                    "samples")
 
@@ -311,6 +337,10 @@ class Trainer:
                 step_ok, stop_now = agree_on_step(acc, logs.pop("ok"),
                                                   self.stop.signum is not None)
                 if step_ok:
+                    # a skipped update leaves the EMA as it was too, so the checkpoint written
+                    # after a non-finite streak holds the EMA from before it
+                    if self.ema is not None:
+                        self.ema.update(self.step)
                     bad_streak, first_bad = 0, None
                     window.append({k: v.detach() for k, v in logs.items()})  # no sync per step
                 else:

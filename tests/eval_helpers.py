@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 
 from conftest import TINY, reset_accelerate
-from pipeline.checkpoint import save
+from pipeline.checkpoint import EMA_SUFFIX, save
 from pipeline.config import load_config
 from pipeline.networks import build_network
 from pipeline.stage_table import STAGES
@@ -16,17 +16,22 @@ from pipeline.stage_table import STAGES
 
 def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...] = ("g1", "g2"),
                     mlflow_run_id: Optional[str] = None, mlflow_tracking_uri: Optional[str] = None,
-                    seed: int = 0) -> Path:
-    """A checkpoint dir written by pipeline.checkpoint.save: tiny preset (32 px), seeded weights."""
+                    seed: int = 0, ema_seed: Optional[int] = None) -> Path:
+    """A checkpoint dir written by pipeline.checkpoint.save: tiny preset (32 px), seeded weights.
+    With `ema_seed`, also g1_ema / g2_ema: the weights `seed=ema_seed` would give."""
     overrides = [f"train.stage={stage}", f"train.output_dir={out}"]
     overrides += [f"{key}=unused-by-evaluation" for key in STAGES[stage].required_checkpoints]
     cfg = load_config([TINY], overrides)
     torch.manual_seed(seed)
     nets = {name: build_network(name, cfg.model) for name in ("g1", "g2")}
+    saved = {name: nets[name] for name in generators}
+    if ema_seed is not None:
+        torch.manual_seed(ema_seed)
+        saved.update({name + EMA_SUFFIX: build_network(name, cfg.model) for name in generators})
     reset_accelerate()
     try:
         return save(Accelerator(cpu=True), str(out), 1, cfg,
-                    {name: nets[name] for name in generators},
+                    saved,
                     {"mlflow_run_id": mlflow_run_id, "mlflow_tracking_uri": mlflow_tracking_uri})
     finally:
         reset_accelerate()

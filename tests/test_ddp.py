@@ -24,5 +24,7 @@ def test_two_ranks_end_identical_with_one_mlflow_run(sample_shards, tmp_path, st
     assert "2 processes" in proc.stderr
     ranks = [json.loads((tmp_path / "digests" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1] and len(ranks[0]) == 2  # G and D of the stage
+    emas = [json.loads((tmp_path / "digests" / f"rank{r}-ema.json").read_text()) for r in (0, 1)]
+    assert emas[0] == emas[1] and len(emas[0]) == 1  # the EMA of the stage's generator
     client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.data.tags["num_processes"] == "2" and run.data.tags["stage"] == stage

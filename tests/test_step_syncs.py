@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from pipeline.build import build_networks, build_step_context
+from pipeline.build import build_ema, build_networks, build_step_context
 from pipeline.config import load_config
 from pipeline.networks import build_network
 from pipeline.stage_table import STAGES as STAGE_TABLE
@@ -56,6 +56,26 @@ def test_a_training_step_makes_one_host_sync(stage, precision):
     syncs, (ok, stop) = count_host_syncs(lambda: one_step(ctx, batch()))
     assert (ok, stop) == (True, False)
     assert syncs == 1
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_ema_update_adds_no_host_sync(stage):
+    ctx = step_context(stage)
+    ema = build_ema(stage, 0.999, ctx.accelerator, ctx.nets)
+    one_step(ctx, batch())
+    ema.update(1)
+    before = {n: copy.deepcopy(m.state_dict()) for n, m in ema.models.items()}
+
+    def step_and_average():
+        verdict = one_step(ctx, batch())
+        ema.update(2)
+        return verdict
+
+    syncs, (ok, stop) = count_host_syncs(step_and_average)
+    assert (ok, stop) == (True, False)
+    assert syncs == 1
+    for name, model in ema.models.items():  # the average moved
+        assert any(not torch.equal(v, before[name][k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("stage", STAGES)

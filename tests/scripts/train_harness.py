@@ -65,6 +65,9 @@ def main() -> None:
         digests = {name: digest(trainer.accelerator.unwrap_model(trainer.ctx.nets[name]))
                    for name in trainer.trained}
         (args.digest_dir / f"rank{rank}.json").write_text(json.dumps(digests))
+        ema = trainer.ema.models if trainer.ema is not None else {}
+        (args.digest_dir / f"rank{rank}-ema.json").write_text(
+            json.dumps({name: digest(net) for name, net in ema.items()}))
     sys.exit(result["exit_code"])
 
 
