@@ -114,7 +114,7 @@ def _complete(accelerator: Accelerator, tmp: Path, step: int, cfg: DictConfig,
     """Main process: add the generators, config and meta.json to the state in `tmp`, fsynced."""
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
                for name, net in generators.items()
-               for k, v in accelerator.unwrap_model(net).state_dict().items()}
+               for k, v in accelerator.unwrap_model(net, keep_torch_compile=False).state_dict().items()}
     save_file(tensors, str(tmp / GENERATORS))
     (tmp / "config.yaml").write_text(to_yaml(cfg))
     files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}

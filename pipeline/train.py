@@ -261,8 +261,9 @@ class Trainer:
         and with the EMA on also val_raw/* of the raw weights."""
         if self.val_batch is None or not self.accelerator.is_main_process:
             return
-        raw = {n: self.accelerator.unwrap_model(net) for n, net in self.ctx.nets.items()
-               if n in ("g1", "g2")}
+        # the plain modules: a compiled one would recompile for the validation batch's shape
+        raw = {n: self.accelerator.unwrap_model(net, keep_torch_compile=False)
+               for n, net in self.ctx.nets.items() if n in ("g1", "g2")}
         for net in raw.values():
             net.eval()
         variants = {"val/": raw}

@@ -75,3 +75,21 @@ def test_flex_block_mask_is_built_before_the_graph_not_in_it(monkeypatch):
         for _ in range(2):
             torch.testing.assert_close(model(q, k, v, 5, 3, rpb), eager, atol=1e-5, rtol=0)
     assert len(builds) == 1
+
+
+@pytest.mark.slow  # a two-step compiled training run as a process
+def test_a_compiled_run_writes_checkpoints_that_inference_loads(sample_shards, tmp_path):
+    """The saved generators carry the plain modules' keys, not the compiled wrapper's."""
+    import subprocess
+
+    from conftest import PYTHON, REPO
+    from pipeline.inference import load_generators
+
+    subprocess.run([PYTHON, str(REPO / "pipeline" / "train.py"), TINY,
+                    f"data.train={sample_shards / 'train'}", f"data.val={sample_shards / 'test'}",
+                    f"data.masks={sample_shards / 'masks'}", f"train.output_dir={tmp_path / 'run'}",
+                    "tracking.enabled=false", "train.compile=true", "train.compile_backend=aot_eager",
+                    "train.steps=2", "model.attention.backend=reference"],
+                   check=True, capture_output=True, text=True)
+    _, _, g2 = load_generators(tmp_path / "run")
+    assert g2 is not None
