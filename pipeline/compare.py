@@ -22,6 +22,7 @@ from typing import Optional
 
 import yaml
 
+from pipeline import exit_codes
 from pipeline.masks import BUCKETS
 from pipeline.tracking import DEFAULT_EXPERIMENT, default_uri, experiment_id
 from pipeline.metrics import (METRICS, OVERALL, best_per_column, bucket_columns, bucket_table,
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
                                                   args.filter))
         rows = {**summaries, **references}
     except CompareError as err:
-        sys.exit(f"compare.py: error: {err}")
+        exit_codes.refuse(f"compare.py: error: {err}")
     except MlflowException as err:
         sys.exit(f"compare.py: error: cannot read runs from MLflow at {uri}: {err.message}")
 

@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 
+from pipeline import exit_codes
 from pipeline.baselines import BASELINES
 from pipeline.inference import Fill, InferenceError, load_model, model_fill
 from pipeline.metrics import bucket_table, flat_metrics
@@ -163,7 +164,7 @@ def main(argv=None) -> None:
                                   f"--masks {args.masks}")
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
     except (EvaluationError, InferenceError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"evaluate.py: error: {err}")
+        exit_codes.refuse(f"evaluate.py: error: {err}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,18 @@ the shell and Python sides cannot drift apart.
 """
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 SETUP = 2  # bad config, input or set-up; the one-line message names the key or file
 NONFINITE = 3  # stopped after too many consecutive non-finite steps
 REQUEUE = 124  # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: requeue and resume
+
+
+def refuse(message: str) -> NoReturn:
+    """A bad input or set-up: `message` as the one line on stderr, exit SETUP (no traceback)."""
+    print(message, file=sys.stderr)
+    sys.exit(SETUP)
 
 
 def stopped_for_requeue(status: int, stop_requested: bool) -> bool:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -206,8 +205,7 @@ def main(argv=None) -> None:
         out, done = inpaint_image(rgb, hole, g1, g2, size, args.device)
         write_output(args.out, out, fmt)
     except (InpaintError, InferenceError, ModelSourceError) as err:
-        print(f"inpaint.py: error: {err}", file=sys.stderr)
-        sys.exit(exit_codes.SETUP)
+        exit_codes.refuse(f"inpaint.py: error: {err}")
     h, w = hole.shape
     ratio = done["hole_pixels"] / hole.size
     steps = [f"image {w}x{h}, hole {100 * ratio:.1f} % ({done['hole_pixels']} pixels)"]

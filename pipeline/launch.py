@@ -256,8 +256,7 @@ def wait_and_report(jobs: list[tuple[str, submitit.Job]]) -> int:
 
 def refuse(message: str) -> None:
     """A set-up mistake: one line, exit 2, nothing submitted."""
-    print(f"launch.py: error: {message}", file=sys.stderr)
-    sys.exit(exit_codes.SETUP)
+    exit_codes.refuse(f"launch.py: error: {message}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

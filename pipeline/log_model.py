@@ -15,13 +15,11 @@ import argparse
 import json
 import sys
 
+from pipeline import exit_codes
 from pipeline.checkpoint import CheckpointError, resolve
 from pipeline.logged_model import can_inpaint, log_checkpoint
 from pipeline.model_source import URI_SCHEMES
 from pipeline.tracking import default_uri
-
-BAD_INPUT_EXIT_CODE = 2
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Log a checkpoint's generators as an MLflow model "
@@ -38,9 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def fail(message: str, code: int = BAD_INPUT_EXIT_CODE) -> None:
-    print(f"log_model.py: error: {message}", file=sys.stderr)
-    sys.exit(code)
+def fail(message: str) -> None:
+    exit_codes.refuse(f"log_model.py: error: {message}")
 
 
 def main(argv=None) -> None:
@@ -67,7 +64,7 @@ def main(argv=None) -> None:
     except CheckpointError as err:
         fail(str(err))
     except MlflowException as err:
-        fail(f"MLflow at {uri}: {err.message.splitlines()[0]}", code=1)
+        sys.exit(f"log_model.py: error: MLflow at {uri}: {err.message.splitlines()[0]}")
 
 
 if __name__ == "__main__":

@@ -523,12 +523,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         args.func(args)
     except ShardError as err:
-        print(f"shard.py {args.command}: error: {err}", file=sys.stderr)
-        sys.exit(exit_codes.SETUP)
+        exit_codes.refuse(f"shard.py {args.command}: error: {err}")
     except OSError as err:
-        print(f"shard.py {args.command}: error: {err.strerror or err}: {err.filename}",
-              file=sys.stderr)
-        sys.exit(exit_codes.SETUP)
+        exit_codes.refuse(f"shard.py {args.command}: error: {err.strerror or err}: {err.filename}")
     except KeyboardInterrupt as err:
         print(f"shard.py {args.command}: interrupted ({err or 'Ctrl-C'}); {args.out} is "
               f"unchanged", file=sys.stderr)

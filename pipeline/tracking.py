@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 from omegaconf import DictConfig
 
+from pipeline.checkpoint import GENERATORS
 from pipeline.config import TrackingConfig, flatten, to_yaml
 from pipeline.dataset_inputs import training_inputs
 
@@ -104,10 +105,8 @@ class CheckpointTable:
             self.rows = json.loads(path.read_text())["data"]
 
     def add(self, checkpoint: Path, reason: str) -> None:
-        from pipeline.logged_model import generators_sha256
-
         meta = json.loads((checkpoint / "meta.json").read_text())
-        sha = generators_sha256(checkpoint)
+        sha = meta["files"][GENERATORS]["sha256"]
         self.rows = [r for r in self.rows if r[1] != str(checkpoint.resolve())]  # a re-save
         self.rows.append([meta["step"], str(checkpoint.resolve()), sha, reason,
                           time.strftime("%Y-%m-%dT%H:%M:%S%z"), True])

@@ -425,8 +425,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         result = run(files, overrides)
     except (ConfigError, SetupError, DataError, checkpoint.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(exit_codes.SETUP)
+        exit_codes.refuse(f"error: {err}")
     sys.exit(result["exit_code"])
 
 
