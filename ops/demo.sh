@@ -16,10 +16,14 @@ $PY pipeline/train.py configs/experiment/demo.yaml train.stage=texture \
     train.edge_checkpoint=runs/demo/edge $STEPS
 $PY pipeline/evaluate.py --checkpoint runs/demo/texture --images shards/sample/test \
     --masks shards/sample/masks --out outputs/demo/eval --save-images
+# the bar to clear: every hole filled with the mean colour of its image's known pixels
+$PY pipeline/evaluate.py --method mean --images shards/sample/test \
+    --masks shards/sample/masks --out outputs/demo/eval-mean --image-size 64 --experiment dina-demo
 cat <<TXT
 
 Demo done.
   checkpoints:  runs/demo/edge/checkpoints, runs/demo/texture/checkpoints
   evaluation:   outputs/demo/eval/table.md (PSNR/SSIM per mask bucket), outputs/demo/eval/images/
+  mean fill:    outputs/demo/eval-mean/table.md (the baseline the model should beat)
   MLflow:       .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db  (experiment dina-demo)
 TXT

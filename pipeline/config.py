@@ -64,6 +64,9 @@ class ModelConfig:
     blocks: int = 8
     d_channels: int = 64  # PatchGAN widths are d_channels x 1, 2, 4, 8
     init_gain: float = 0.02
+    # G2 reads the mask as a fifth input channel, as LaMa's generator does; off: EdgeConnect's G2,
+    # which cannot tell a zero-filled hole from black pixels and learns more slowly
+    hole_mask_channel: bool = True
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
@@ -72,6 +75,9 @@ class LossConfig:
     adv_edge: float = 1.0  # G1 adversarial
     feature_matching: float = 10.0  # G1 FM over D1 activations
     l1: float = 1.0
+    # G2's L1 also scores its raw output on the known pixels, as EdgeConnect's does; off: the
+    # hole only, which the composite keeps (G2 learns the fill faster)
+    l1_known_pixels: bool = False
     adv_texture: float = 0.1  # G2 adversarial
     perceptual: float = 0.1
     style: float = 250.0

@@ -37,8 +37,9 @@ def edge_inputs(batch: dict) -> torch.Tensor:
 
 
 def texture_inputs(image: torch.Tensor, edge: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """G2 sees the masked image I*(1-M) and the completed edge map (paper eq. 3)."""
-    return torch.cat([image * (1 - mask), edge], dim=1)
+    """G2 sees the masked image I*(1-M) and the completed edge map (paper eq. 3), and the mask
+    where model.hole_mask_channel is on (G2 drops the channel otherwise)."""
+    return torch.cat([image * (1 - mask), edge, mask], dim=1)
 
 
 def composite(pred: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

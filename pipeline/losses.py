@@ -32,8 +32,13 @@ def feature_matching_loss(real_features: list[torch.Tensor],
     return sum(F.l1_loss(fake, real.detach()) for real, fake in zip(real_features, fake_features))
 
 
-def hole_weighted_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L1 over the whole image divided by the hole fraction (EdgeConnect's G2 L1 term)."""
+def hole_weighted_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                     known_pixels: bool = False) -> torch.Tensor:
+    """L1 divided by the hole fraction: over the hole only (the composite keeps the known
+    pixels, so G2 need not reproduce them), or with `known_pixels` over the whole image
+    (EdgeConnect's G2 L1 term)."""
+    if not known_pixels:
+        output, target = output * mask, target * mask
     return F.l1_loss(output, target) / mask.mean().clamp_min(1e-3)
 
 

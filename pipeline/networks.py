@@ -6,7 +6,7 @@ checkpoint is the one that was trained.
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pipeline.models.discriminators import PatchDiscriminator
@@ -23,8 +23,11 @@ def generator_spec(model_cfg: DictConfig) -> GeneratorSpec:
     attention = AttentionSpec(heads=a.heads, kernel_size=a.kernel_size,
                               dilations=tuple(a.dilations), bias=a.bias,
                               backend=a.backend) if a.enabled else None
+    # a checkpoint saved before the key existed holds EdgeConnect's 4-channel G2
+    mask_channel = bool(OmegaConf.select(model_cfg, "hole_mask_channel", default=False))
     return GeneratorSpec(channels=model_cfg.channels, blocks=model_cfg.blocks,
-                         attention=attention, init_gain=model_cfg.init_gain)
+                         attention=attention, init_gain=model_cfg.init_gain,
+                         hole_mask_channel=mask_channel)
 
 
 def build_network(name: str, model_cfg: DictConfig) -> nn.Module:

@@ -127,7 +127,7 @@ def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor,
     logs = {"texture/d": d_loss, "ok": optimise(ctx, d_loss, ("d2",), after)}
     with frozen(ctx.plain("d2")) as d2:
         adv = generator_adversarial_loss(d2(pred)[0])
-    l1 = hole_weighted_l1(pred, image, batch["mask"])
+    l1 = hole_weighted_l1(pred, image, batch["mask"], w.l1_known_pixels)
     perceptual = style = torch.zeros((), device=pred.device)
     if ctx.vgg is not None:
         with ctx.accelerator.autocast():  # VGG is not a prepared model, so autocast it here

@@ -38,7 +38,7 @@ from pipeline.build import SetupError, build_ema, build_networks, build_step_con
 from pipeline.config import ConfigError, flatten, load_config, split_args, to_yaml
 from pipeline.data import DataError, eval_loader, eval_pairs, train_loader
 from pipeline.inference import complete_edges, inpaint, known_region_edges
-from pipeline.metrics import flat_metrics
+from pipeline.metrics import edge_accuracy, flat_metrics
 from pipeline.models.dina import resolve_backend
 from pipeline.output_lock import OutputDirBusy, OutputLock
 from pipeline.scoring import evaluate
@@ -286,6 +286,9 @@ class Trainer:
             summary, _ = evaluate([batch], lambda _: output, self.accelerator.device,
                                   progress=False)
             self.tracker.log_metrics(flat_metrics(summary, prefix), step)
+        if "g1" in self.trained:  # G1's edges in the hole against the image's own Canny edges
+            accuracy = edge_accuracy(edges, batch["edge"], batch["mask"])
+            self.tracker.log_metrics({prefix + k: v for k, v in accuracy.items()}, step)
         if prefix == "val/" and self.cfg.tracking.log_images:
             self.tracker.log_image(image_grid(batch, edges, output), f"samples-{step:08d}.png",
                                    "samples")

@@ -17,8 +17,11 @@ LEARN = REPO / "ops" / "bench" / "learn.py"
 BUCKETS = ("0-10", "10-20", "20-30", "30-40", "40-50", "50-60")
 
 
-def photo(name: str, group: str, side: int = 80) -> Photo:
-    return Photo("test", name, group, np.zeros((side, side + 20, 3), np.uint8))
+def photo(name: str, group: str, side: int = 80, flat: bool = False) -> Photo:
+    shape = (side, side + 20, 3)
+    rgb = (np.zeros(shape, np.uint8) if flat
+           else np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    return Photo("test", name, group, rgb)
 
 
 def test_split_keeps_each_scene_on_one_side():
@@ -39,6 +42,16 @@ def test_random_crops_are_the_size_asked():
     assert all(c.shape == (64, 64, 3) for c in small)  # upscaled, never short
 
 
+def test_flat_crops_are_left_out():
+    """A crop of one colour would score +inf dB for mean fill; a flat photo gives none."""
+    assert random_crops(photo("flat", "flat", side=300, flat=True), 5, 64,
+                        np.random.default_rng(0)) == []
+    half = photo("half", "half", side=300)
+    half.rgb[:, :200] = 7  # the left two thirds are flat: crops there are redrawn
+    crops = random_crops(half, 8, 64, np.random.default_rng(0))
+    assert len(crops) == 8 and all(c.std() >= 4 for c in crops)
+
+
 def test_existing_out_is_refused_and_left_alone(tmp_path):
     out = tmp_path / "learn"
     out.mkdir()
@@ -50,22 +63,33 @@ def test_existing_out_is_refused_and_left_alone(tmp_path):
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 
 
+def test_a_set_that_is_not_key_value_is_refused(tmp_path):
+    out = tmp_path / "learn"
+    proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--out", str(out), "--set",
+                           "model.hole_mask_channel"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "model.hole_mask_channel" in proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     out = tmp_path / "learn"
     proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--no-apt", "--out", str(out),
-                           "--tracking-uri", mlflow_server],
+                           "--tracking-uri", mlflow_server, "--set", "loss.l1_known_pixels=true"],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("| PSNR | mean |", "| PSNR | telea |", "| PSNR | paper |",
-                "| SSIM | edgeconnect |"):
+                "| SSIM | edgeconnect |", "| PSNR | paper-raw |"):
         assert row in proc.stdout
     report = json.loads((out / "learn.json").read_text())
+    client = mlflow.MlflowClient(mlflow_server)
     pool = report["pool"]
     assert set(pool["train_photos"]).isdisjoint(pool["test_photos"])
     # the stereo pair is one scene: both views on the same side
     assert ("motorcycle_left" in pool["train_photos"]) == ("motorcycle_right" in pool["train_photos"])
-    for method in ("mean", "telea", "paper", "edgeconnect"):
+    for method in ("mean", "telea", "paper", "edgeconnect", "paper-raw", "edgeconnect-raw"):
         for bucket in BUCKETS:
             assert math.isfinite(report["results"][method][bucket]["psnr"])
     for recipe in ("paper", "edgeconnect"):
@@ -73,12 +97,19 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
         for bucket in BUCKETS:  # validation every 2 of 4 steps
             assert [step for step, _ in report["curves"][recipe][bucket]] == [2, 4]
         assert set(report["targets"][recipe]["psnr_gap_to_telea"]) == set(BUCKETS)
+        assert isinstance(report["targets"][recipe]["ema_at_least_raw"], bool)
+        # G1's edge accuracy, from its edge run's last held-out validation
+        edge_run = client.get_run(report["trained"][recipe]["edge"]["run_id"])
+        for key in ("edge_precision", "edge_recall"):
+            assert 0 <= report["edges"][recipe][key] <= 1
+            assert report["edges"][recipe][key] == edge_run.data.metrics[f"val/{key}"]
+    # the raw-weight evaluation is its own run, of the raw weights
+    assert report["results"]["paper-raw"] != report["results"]["paper"]
     # the mean-fill baseline is what the pipeline's own evaluation scores it at
     mean = json.loads((out / "eval" / "mean" / "metrics.json").read_text())
     assert report["results"]["mean"] == mean
     assert (out / "curve.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
 
-    client = mlflow.MlflowClient(mlflow_server)
     bench_id = proc.stdout.strip().splitlines()[-1].split("MLflow run ")[1].split()[0]
     bench = client.get_run(bench_id)
     assert bench.data.metrics["paper/psnr/30-40"] == report["results"]["paper"]["30-40"]["psnr"]
@@ -86,3 +117,4 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
         "learn.json", "table.md", "curve.png", "grid.png"}
     texture_run = client.get_run(report["trained"]["paper"]["texture"]["run_id"])
     assert texture_run.data.tags["mlflow.parentRunId"] == bench_id
+    assert texture_run.data.params["loss.l1_known_pixels"] == "True"  # --set reached training

@@ -7,8 +7,8 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.metrics import (BucketMeter, bucket_table, flat_metrics, psnr, score_batch, ssim,
-                              summary_from_flat)
+from pipeline.metrics import (BucketMeter, bucket_table, edge_accuracy, flat_metrics, psnr,
+                              score_batch, ssim, summary_from_flat)
 from pipeline.inference import composite
 
 
@@ -129,3 +129,17 @@ def test_bucket_table_layout_and_best_marks():
     assert lines[2].startswith("| PSNR | ours | **31.50** | – |")
     assert lines[5].startswith("| SSIM | telea | **0.9600** | **0.9000** |")
     assert "**" not in bucket_table(runs)
+
+
+def test_edge_accuracy_counts_the_hole_only():
+    truth = torch.zeros(1, 1, 4, 4)
+    truth[0, 0, 0, :] = 1  # 4 true edge pixels in row 0, 2 of them in the hole
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, :2, :2] = 1  # hole: top-left 2x2
+    pred = torch.zeros(1, 1, 4, 4)
+    pred[0, 0, 0, 0] = 0.9  # hit
+    pred[0, 0, 1, 1] = 0.7  # false alarm
+    pred[0, 0, 0, 3] = 0.9  # outside the hole: not counted
+    pred[0, 0, 1, 0] = 0.4  # below 0.5: not an edge
+    assert edge_accuracy(pred, truth, mask) == {"edge_precision": 0.5, "edge_recall": 0.5}
+    assert edge_accuracy(torch.zeros_like(pred), truth, mask)["edge_precision"] == 1.0

@@ -56,7 +56,7 @@ def test_paper_width_shapes_and_parameter_counts(attention):
     g1, g2 = build_network("g1", cfg), build_network("g2", cfg)
     d1, d2 = PatchDiscriminator(2, cfg.d_channels), PatchDiscriminator(3, cfg.d_channels)
     assert n_params(g1) == generator_params(cfg, 3, 1, block_conv_bias=False)
-    assert n_params(g2) == generator_params(cfg, 4, 3, block_conv_bias=True)
+    assert n_params(g2) == generator_params(cfg, 5, 3, block_conv_bias=True)  # + mask channel
     assert n_params(d1) == discriminator_params(2, 64)
     assert n_params(d2) == discriminator_params(3, 64)
     # spectral norm: every G1 conv except the output conv, no G2 conv, every D conv
@@ -65,7 +65,7 @@ def test_paper_width_shapes_and_parameter_counts(attention):
     assert len(spectrally_normed(d1)) == n_convs(d1) == 5
     with torch.no_grad():  # 64 px keeps this fast; the 16x16 map clamps dilation 4 to 2
         assert g1(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
-        assert g2(torch.rand(1, 4, 64, 64)).shape == (1, 3, 64, 64)
+        assert g2(torch.rand(1, 5, 64, 64)).shape == (1, 3, 64, 64)
         logits, features = d2(torch.rand(1, 3, 64, 64))
     # 4x4 convs with padding 1: stride 2 halves the side, stride 1 shrinks it by one
     assert logits.shape == (1, 1, 6, 6)
@@ -78,7 +78,7 @@ def test_tiny_models_train():
     cfg = load_config(overrides=TINY).model
     g1, g2, d1 = build_network("g1", cfg), build_network("g2", cfg), PatchDiscriminator(2, width=8)
     edges = g1(torch.rand(2, 3, 32, 32))
-    rgb = g2(torch.cat([torch.rand(2, 3, 32, 32), edges], 1))
+    rgb = g2(torch.cat([torch.rand(2, 3, 32, 32), edges, torch.rand(2, 1, 32, 32)], 1))
     assert edges.shape == (2, 1, 32, 32) and 0 < edges.min() and edges.max() < 1
     assert rgb.shape == (2, 3, 32, 32) and 0 <= rgb.min() and rgb.max() <= 1
     logits, _ = d1(torch.cat([edges, torch.rand(2, 1, 32, 32)], 1))
@@ -199,3 +199,30 @@ def test_style_loss_sees_only_the_hole():
     assert not torch.isclose(perceptual, perceptual2)
     assert style > 0 and perceptual > 0
     assert loss(target, target, mask)[1] == 0
+
+
+def test_texture_generator_reads_the_mask_channel_only_when_configured():
+    """G2's input always carries the mask; EdgeConnect's G2 ignores it, hole_mask_channel reads it
+    (one more input channel in the first conv)."""
+    x = torch.rand(1, 5, 32, 32)
+    flipped = x.clone()
+    flipped[:, 4] = 1 - flipped[:, 4]
+    outputs = {}
+    for on in (False, True):
+        cfg = load_config(overrides=TINY + [f"model.hole_mask_channel={on}"]).model
+        torch.manual_seed(0)
+        g2 = build_network("g2", cfg).eval()
+        assert n_params(g2) == generator_params(cfg, 5 if on else 4, 3, block_conv_bias=True)
+        with torch.no_grad():
+            outputs[on] = (g2(x) - g2(flipped)).abs().max().item()
+    assert outputs[False] == 0.0
+    assert outputs[True] > 1e-4
+
+
+def test_a_config_saved_before_the_mask_channel_key_builds_edgeconnects_g2():
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.to_container(load_config(overrides=TINY).model)
+    del saved["hole_mask_channel"]
+    g2 = build_network("g2", OmegaConf.create(saved))
+    assert g2.encoder[1].in_channels == 4

@@ -37,6 +37,8 @@ WHEEL_PHOTOS = {  # requirement -> photo members inside its wheel
 DEBIAN_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers")
 DEBIAN_DIRS = ("/usr/share/backgrounds/mate", "/usr/share/wallpapers")
 PHOTO_EXTS = (".jpg", ".jpeg", ".png")
+MIN_CROP_STD = 4.0  # uint8 levels: below this a crop looks like one flat colour
+MAX_DRAWS = 5  # draws per crop asked before a photo is taken to be flat
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,12 @@ def split(photos: list[Photo], held_out: float, seed: int) -> tuple[list[Photo],
 
 
 def random_crops(photo: Photo, count: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """`count` size x size crops, each at a random scale (the photo's short side from `size` up
-    to 4x `size`, or its own size if smaller), so a crop shows a whole object or a texture."""
+    """Up to `count` size x size crops, each at a random scale (the photo's short side from `size`
+    up to 4x `size`, or its own size if smaller), so a crop shows a whole object or a texture.
+
+    Flat crops are redrawn (MAX_DRAWS per crop asked, then the photo gives fewer): a crop of one
+    colour, common in synthetic wallpapers, has nothing to inpaint, and mean fill scores it
+    +inf dB, which would swamp every bucket's average."""
     image = Image.fromarray(photo.rgb)
     shrink = 4 * size / min(image.size)
     if shrink < 1:  # once, not per crop: wallpapers come at up to 5K
@@ -171,11 +177,18 @@ def random_crops(photo: Photo, count: int, size: int, rng: np.random.Generator) 
                              Image.BICUBIC)
     width, height = image.size
     crops = []
-    for _ in range(count):
+    for _ in range(MAX_DRAWS * count):
+        if len(crops) == count:
+            break
         short = int(rng.integers(size, max(size, min(height, width, 4 * size)) + 1))
         scale = short / min(height, width)
         w, h = max(size, round(width * scale)), max(size, round(height * scale))
         scaled = image.resize((w, h), Image.BICUBIC)
         x, y = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
-        crops.append(np.asarray(scaled.crop((x, y, x + size, y + size))))
+        crop = np.asarray(scaled.crop((x, y, x + size, y + size)))
+        if crop.std() >= MIN_CROP_STD:
+            crops.append(crop)
+    if len(crops) < count:
+        log.warning("%s: %d of %d crops kept, the rest of it is flat", photo.name, len(crops),
+                    count)
     return crops

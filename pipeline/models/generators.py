@@ -44,6 +44,9 @@ class GeneratorSpec:
     blocks: int = 8  # residual blocks
     attention: Optional[AttentionSpec] = None  # None: residual blocks without DiNA
     init_gain: float = 0.02
+    # G2 also reads the mask as an input channel; without it a zero-filled hole looks like black
+    # pixels (EdgeConnect's G2 reads only the masked image and the edges)
+    hole_mask_channel: bool = False
 
     def __post_init__(self):
         if self.attention is not None and len(self.attention.dilations) != self.blocks:
@@ -90,10 +93,14 @@ class EdgeGenerator(Generator):
 
 
 class TextureGenerator(Generator):
-    """G2: [masked RGB, composite edges] (4 ch) -> RGB in [0, 1] via (tanh + 1) / 2."""
+    """G2: [masked RGB, composite edges, mask] (5 ch) -> RGB in [0, 1] via (tanh + 1) / 2.
+
+    The mask channel is read only with `spec.hole_mask_channel`; otherwise G2 is EdgeConnect's,
+    which sees the first 4 channels."""
 
     def __init__(self, spec: GeneratorSpec):
-        super().__init__(spec, in_channels=4, out_channels=3, spectral_norm=False)
+        self.reads = 5 if spec.hole_mask_channel else 4
+        super().__init__(spec, in_channels=self.reads, out_channels=3, spectral_norm=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.tanh(super().forward(x)) + 1) / 2
+        return (torch.tanh(super().forward(x[:, :self.reads])) + 1) / 2
