@@ -239,7 +239,9 @@ class Trainer:
             return None
         pairs = eval_pairs(d.val, d.val_masks or d.masks, d.image_size, per_bucket=d.val_per_bucket)
         batch = next(iter(eval_loader(pairs, d.image_size, batch_size=len(pairs))))
-        # scored as evaluate.py scores: edges from Canny on the known region only
+        # scored as evaluate.py scores: edges from Canny on the known region only; the whole
+        # image's edges stay as what G1 should draw in the hole
+        batch["edge_truth"] = batch["edge"]
         batch["edge"] = known_region_edges(batch)
         return {k: (v.to(self.accelerator.device) if torch.is_tensor(v) else v)
                 for k, v in batch.items()}
@@ -287,7 +289,7 @@ class Trainer:
                                   progress=False)
             self.tracker.log_metrics(flat_metrics(summary, prefix), step)
         if "g1" in self.trained:  # G1's edges in the hole against the image's own Canny edges
-            accuracy = edge_accuracy(edges, batch["edge"], batch["mask"])
+            accuracy = edge_accuracy(edges, batch["edge_truth"], batch["mask"])
             self.tracker.log_metrics({prefix + k: v for k, v in accuracy.items()}, step)
         if prefix == "val/" and self.cfg.tracking.log_images:
             self.tracker.log_image(image_grid(batch, edges, output), f"samples-{step:08d}.png",
