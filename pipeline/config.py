@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES
 
 BACKENDS = ("auto", "reference", "flex", "natten")
+UPSAMPLERS = ("transposed", "resize")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -67,6 +68,9 @@ class ModelConfig:
     # G2 reads the mask as a fifth input channel, as LaMa's generator does; off: EdgeConnect's G2,
     # which cannot tell a zero-filled hole from black pixels and learns more slowly
     hole_mask_channel: bool = True
+    # the decoder's 2x up-samplings: transposed 4x4 convs (EdgeConnect's) or nearest-neighbour
+    # resize then a 3x3 conv, which cannot paint the transposed conv's checkerboard
+    upsample: str = "transposed"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
@@ -229,6 +233,8 @@ def validate(cfg: DictConfig) -> None:
     _check(t.stage in STAGES, "train.stage", f"'{t.stage}' is not one of {', '.join(STAGES)}")
     _check(m.attention.backend in BACKENDS, "model.attention.backend",
            f"'{m.attention.backend}' is not one of {', '.join(BACKENDS)}")
+    _check(m.upsample in UPSAMPLERS, "model.upsample",
+           f"'{m.upsample}' is not one of {', '.join(UPSAMPLERS)}")
     _check(t.mixed_precision in (None, *PRECISIONS), "train.mixed_precision",
            f"'{t.mixed_precision}' is not one of {', '.join(PRECISIONS)}")
     _check(d.resume in ("skip", "reseed"), "data.resume", "must be 'skip' or 'reseed'")

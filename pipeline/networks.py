@@ -24,10 +24,12 @@ def generator_spec(model_cfg: DictConfig) -> GeneratorSpec:
                               dilations=tuple(a.dilations), bias=a.bias,
                               backend=a.backend) if a.enabled else None
     # a checkpoint saved before the key existed holds EdgeConnect's 4-channel G2
+    # and transposed up-sampling
     mask_channel = bool(OmegaConf.select(model_cfg, "hole_mask_channel", default=False))
+    upsample = OmegaConf.select(model_cfg, "upsample", default="transposed")
     return GeneratorSpec(channels=model_cfg.channels, blocks=model_cfg.blocks,
                          attention=attention, init_gain=model_cfg.init_gain,
-                         hole_mask_channel=mask_channel)
+                         hole_mask_channel=mask_channel, upsample=upsample)
 
 
 def build_network(name: str, model_cfg: DictConfig) -> nn.Module:

@@ -226,3 +226,21 @@ def test_a_config_saved_before_the_mask_channel_key_builds_edgeconnects_g2():
     del saved["hole_mask_channel"]
     g2 = build_network("g2", OmegaConf.create(saved))
     assert g2.encoder[1].in_channels == 4
+
+
+def test_resize_upsampling_replaces_every_transposed_conv():
+    cfg = load_config(overrides=TINY + ["model.upsample=resize"]).model
+    for name in ("g1", "g2"):
+        net = build_network(name, cfg).eval()
+        assert not any(isinstance(m, nn.ConvTranspose2d) for m in net.modules())
+        assert sum(isinstance(m, nn.Upsample) for m in net.modules()) == 2
+        with torch.no_grad():
+            out = net(torch.rand(1, 3 if name == "g1" else 5, 32, 32))
+        assert out.shape[-2:] == (32, 32)
+
+
+def test_an_unknown_upsampler_is_named():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.upsample"):
+        load_config(overrides=TINY + ["model.upsample=bilinear"])

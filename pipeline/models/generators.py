@@ -2,7 +2,8 @@
 
 encoder: reflect pad 3, conv 7x7 -> c, conv 4x4 s2 -> 2c, conv 4x4 s2 -> 4c (IN, ReLU each);
 residual attention network: `blocks` ResidualBlocks at 4c, block i with DiNA at dilations[i];
-decoder: transposed conv 4x4 s2 -> 2c, -> c (IN, ReLU), reflect pad 3, conv 7x7 -> output.
+decoder: transposed conv 4x4 s2 (or resize + conv 3x3) -> 2c, -> c (IN, ReLU), reflect pad 3,
+conv 7x7 -> output.
 """
 from __future__ import annotations
 
@@ -20,9 +21,15 @@ def _down(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.InstanceNorm2d(c_out), nn.ReLU()]
 
 
-def _up(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.InstanceNorm2d(c_out),
-            nn.ReLU()]
+def _up(c_in: int, c_out: int, how: str) -> list[nn.Module]:
+    """2x up-sampling: a transposed 4x4 conv, or (`resize`) nearest-neighbour resize then a 3x3
+    conv, whose output pixels all see the same kernel, so it has no checkerboard to learn away."""
+    if how == "resize":
+        conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                nn.Conv2d(c_in, c_out, 3)]
+    else:
+        conv = [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)]
+    return [*conv, nn.InstanceNorm2d(c_out), nn.ReLU()]
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class GeneratorSpec:
     # G2 also reads the mask as an input channel; without it a zero-filled hole looks like black
     # pixels (EdgeConnect's G2 reads only the masked image and the edges)
     hole_mask_channel: bool = False
+    upsample: str = "transposed"  # the decoder's: transposed | resize
 
     def __post_init__(self):
         if self.attention is not None and len(self.attention.dilations) != self.blocks:
@@ -71,7 +79,8 @@ class Generator(nn.Module):
                           attention=DiNA(4 * c, attn.heads, attn.kernel_size, attn.dilations[i],
                                          attn.bias, attn.backend) if attn else None)
             for i in range(spec.blocks)])
-        self.decoder = nn.Sequential(*_up(4 * c, 2 * c), *_up(2 * c, c), nn.ReflectionPad2d(3))
+        self.decoder = nn.Sequential(*_up(4 * c, 2 * c, spec.upsample),
+                                     *_up(2 * c, c, spec.upsample), nn.ReflectionPad2d(3))
         self.head = nn.Conv2d(c, out_channels, 7)
         init_normal(self, spec.init_gain)
         if spectral_norm:
