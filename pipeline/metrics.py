@@ -134,8 +134,9 @@ def edge_accuracy(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor
     nothing is there to find, as a perfect score of an empty set)."""
     hole = mask > 0.5
     predicted, actual = (pred > 0.5) & hole, (truth > 0.5) & hole
-    hits = (predicted & actual).sum().item()
-    n_pred, n_true = predicted.sum().item(), actual.sum().item()
+    # one device-to-host copy for the three counts
+    hits, n_pred, n_true = torch.stack([(predicted & actual).sum(), predicted.sum(),
+                                        actual.sum()]).tolist()
     return {"edge_precision": hits / n_pred if n_pred else 1.0,
             "edge_recall": hits / n_true if n_true else 1.0}
 

@@ -44,6 +44,7 @@ from photo_pool import gather, random_crops, split  # noqa: E402
 
 from pipeline.checkpoint import resolve, verify  # noqa: E402
 from pipeline.data import eval_pairs  # noqa: E402
+from pipeline.exit_codes import refuse  # noqa: E402
 from pipeline.masks import BUCKETS, bucket_name  # noqa: E402
 from pipeline.metrics import OVERALL, bucket_table  # noqa: E402
 from pipeline.tracking import default_uri  # noqa: E402
@@ -233,12 +234,14 @@ def raw_name(recipe: str) -> str:
     return f"{recipe}-raw"
 
 
-def edge_accuracy(client, trained: dict[str, dict]) -> dict[str, dict[str, float]]:
+def final_edge_accuracy(client, trained: dict[str, dict]) -> dict[str, dict[str, float]]:
     """recipe -> G1's edge precision and recall inside the holes of the held-out validation
-    crops, at the end of its edge run."""
-    return {recipe: {key: client.get_run(stages["edge"]["run_id"]).data.metrics[f"val/{key}"]
-                     for key in ("edge_precision", "edge_recall")}
-            for recipe, stages in trained.items()}
+    crops, as its edge run last logged them."""
+    accuracy = {}
+    for recipe, stages in trained.items():
+        metrics = client.get_run(stages["edge"]["run_id"]).data.metrics
+        accuracy[recipe] = {k: metrics[f"val/{k}"] for k in ("edge_precision", "edge_recall")}
+    return accuracy
 
 
 def learning_curves(client, trained: dict[str, dict]) -> dict[str, dict[str, list]]:
@@ -366,9 +369,7 @@ def main(argv=None) -> None:
                         datefmt="%H:%M:%S")
     out = Path(args.out).resolve()
     if out.exists():  # never mix two benchmarks' files, never overwrite a finished one
-        print(f"learn.py: error: --out {out} exists; remove it or pick another folder",
-              file=sys.stderr)
-        sys.exit(2)
+        refuse(f"learn.py: error: --out {out} exists; remove it or pick another folder")
     mode = "tiny" if args.tiny else "full"
     budget = BUDGETS[mode]
     for key in ("edge_steps", "texture_steps"):
@@ -376,8 +377,7 @@ def main(argv=None) -> None:
             setattr(budget, key, getattr(args, key))
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
-        print(f"learn.py: error: --set {bad[0]} is not KEY=VALUE", file=sys.stderr)
-        sys.exit(2)
+        refuse(f"learn.py: error: --set {bad[0]} is not KEY=VALUE")
     if args.no_apt:
         budget.sources = tuple(s for s in budget.sources if s != "debian")
     recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
@@ -399,7 +399,7 @@ def main(argv=None) -> None:
     report = {"mode": mode, "recipes": recipes, "budget": asdict(budget),
               "overrides": args.overrides, "pool": pool,
               "trained": trained, "results": results, "targets": targets(results, recipes),
-              "edges": edge_accuracy(client, trained), "curves": curves,
+              "edges": final_edge_accuracy(client, trained), "curves": curves,
               "eval_run_ids": eval_run_ids(client, started_ms),
               "seconds": (time.time() * 1000 - started_ms) / 1000}
     methods = (*BASELINES, *[m for r in recipes for m in (r, raw_name(r))])
