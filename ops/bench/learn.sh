@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The learning benchmark from a fresh clone: set up .venv, then run ops/bench/learn.py with the
-# given arguments (default: both recipes at the full budget, ~30 min per recipe on 2 cores).
+# given arguments (default: both recipes side by side at the full budget, ~35 min on 2 cores).
 #   bash ops/bench/learn.sh [--tiny] [--recipe paper|edgeconnect|both] [--out DIR] [--no-apt]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
