@@ -109,12 +109,20 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     mean = json.loads((out / "eval" / "mean" / "metrics.json").read_text())
     assert report["results"]["mean"] == mean
     assert (out / "curve.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
+    # per held-out photo: every photo that gave crops, every method, over all its pairs
+    pairs = json.loads((out / "eval" / "paper" / "pairs.json").read_text())
+    assert set(report["photos"]) == {p["image_key"].rsplit("_", 2)[0] for p in pairs}
+    assert set(report["photos"]) <= set(pool["test_photos"])
+    one = next(iter(report["photos"]))
+    ours = [min(p["psnr"], 60) for p in pairs if p["image_key"].rsplit("_", 2)[0] == one]
+    assert report["photos"][one]["paper"] == pytest.approx(np.mean(ours))
+    assert "held-out photos" in (out / "photos.md").read_text()
 
     bench_id = proc.stdout.strip().splitlines()[-1].split("MLflow run ")[1].split()[0]
     bench = client.get_run(bench_id)
     assert bench.data.metrics["paper/psnr/30-40"] == report["results"]["paper"]["30-40"]["psnr"]
     assert {a.path for a in client.list_artifacts(bench_id)} >= {
-        "learn.json", "table.md", "curve.png", "grid.png"}
+        "learn.json", "table.md", "photos.md", "curve.png", "grid.png"}
     texture_run = client.get_run(report["trained"]["paper"]["texture"]["run_id"])
     assert texture_run.data.tags["mlflow.parentRunId"] == bench_id
     assert texture_run.data.params["loss.l1_known_pixels"] == "True"  # --set reached training

