@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import exit_codes
+from pipeline.cores import usable_cores
 from pipeline.images import (IMAGE_EXTS, ImageError, ImageInput, canny_edges, find_inputs,
                              read_image)
 from pipeline.masks import (BUCKETS, bucket_name, bucket_of, encode_mask, generate_mask,
@@ -470,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=_positive, default=256, help="square side in px (256)")
         p.add_argument("--shard-size", type=_positive, default=shard_size,
                        help="samples per tar shard")
-        p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+        p.add_argument("--workers", type=_positive, default=usable_cores(),
                        help="worker processes (default: all cores)")
 
     def image_options(p: argparse.ArgumentParser) -> None:

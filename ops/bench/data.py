@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from pipeline.config import DataConfig
+from pipeline.cores import usable_cores
 from pipeline.data import collate, read_mask_pool, resolve_shards, train_loader
 from pipeline.images import canny_edges, decode_rgb, read_image
 from pipeline.masks import decode_mask
@@ -68,7 +68,7 @@ def main() -> None:
                         help="where to write the results (runs/ is git-ignored)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as inside a DataLoader worker: one worker = one core
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     result: dict = {"size": args.size, "batch": args.batch, "cores": cores}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photo_pool import gather, random_crops, split  # noqa: E402
 
 from pipeline.checkpoint import resolve, verify  # noqa: E402
+from pipeline.cores import usable_cores  # noqa: E402
 from pipeline.data import eval_pairs  # noqa: E402
 from pipeline.exit_codes import refuse  # noqa: E402
 from pipeline.masks import BUCKETS, bucket_name  # noqa: E402
@@ -187,7 +188,7 @@ def train_recipes(recipes: list[str], budget: Budget, out: Path, uri: str, seed:
                   overrides: list[str]) -> dict[str, dict]:
     """Every recipe's two stages; recipes train side by side, one process each, the cores split
     between them (a small model at 64 px uses several cores poorly, so this is faster)."""
-    threads = max(1, (os.cpu_count() or 1) // len(recipes))
+    threads = max(1, usable_cores() // len(recipes))
     with ThreadPoolExecutor(len(recipes)) as pool:
         futures = {r: pool.submit(train_recipe, r, budget, out, uri, seed, overrides, threads)
                    for r in recipes}
