@@ -4,6 +4,8 @@
 #   stage on top of it -> evaluate per mask bucket -> print where to look in MLflow.
 # Everything lands in the working directory: shards/sample, runs/demo, mlflow.db, outputs/demo.
 #   DEMO_STEPS  optimizer steps per stage (default: configs/experiment/demo.yaml)
+# A re-run continues from runs/demo's latest checkpoints (a finished stage trains no further);
+# remove runs/demo to train afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/setup.sh
@@ -11,8 +13,8 @@ PY=.venv/bin/python
 STEPS=${DEMO_STEPS:+train.steps=$DEMO_STEPS}
 
 [ -f shards/sample/train/index.json ] || $PY pipeline/shard.py sample --out shards/sample
-$PY pipeline/train.py configs/experiment/demo.yaml train.stage=edge $STEPS
-$PY pipeline/train.py configs/experiment/demo.yaml train.stage=texture \
+$PY pipeline/train.py configs/experiment/demo.yaml train.stage=edge train.resume=latest $STEPS
+$PY pipeline/train.py configs/experiment/demo.yaml train.stage=texture train.resume=latest \
     train.edge_checkpoint=runs/demo/edge $STEPS
 $PY pipeline/evaluate.py --checkpoint runs/demo/texture --images shards/sample/test \
     --masks shards/sample/masks --out outputs/demo/eval --save-images

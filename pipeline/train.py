@@ -192,6 +192,12 @@ class Trainer:
         """Restore state from train.resume; returns the MLflow run to continue, if any."""
         spec = self.cfg.train.resume
         if not spec:
+            earlier = checkpoint.candidates(self.output_dir)
+            if earlier:  # a fresh run's checkpoints would interleave with them and be pruned
+                raise SetupError(
+                    f"{checkpoint.checkpoint_root(self.output_dir)} already holds checkpoints "
+                    f"of an earlier run (newest {earlier[0].name}); continue it with "
+                    f"train.resume=latest, or train afresh with a new train.output_dir")
             return None
         if spec == "latest":
             path, broken = checkpoint.latest_valid(self.output_dir)

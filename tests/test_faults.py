@@ -277,6 +277,23 @@ def test_resume_with_another_model_shape_names_the_keys(sample_shards, tmp_path)
     assert "model.attention.heads=2 (this run: 4)" in last
 
 
+def test_a_fresh_run_on_an_earlier_runs_checkpoints_is_refused(sample_shards, tmp_path):
+    """Without train.resume a second run would interleave its checkpoints with the first's and
+    prune its own (the lower steps) at the checkpoint limit: refused, the first's left intact."""
+    common = ["train.stage=edge", "train.ckpt_every=2", "train.ckpt_limit=2",
+              "train.val_every=100"]
+    train_cli(sample_shards, tmp_path, *common, "train.steps=4")
+    root = tmp_path / "run" / "checkpoints"
+    before = {p.name: (p / "meta.json").read_bytes() for p in root.iterdir()}
+    proc = train_cli(sample_shards, tmp_path, *common, "train.steps=2", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "checkpoint-00000004" in last and "train.resume=latest" in last
+    assert {p.name: (p / "meta.json").read_bytes() for p in root.iterdir()} == before
+    resumed = train_cli(sample_shards, tmp_path, *common, "train.steps=4", "train.resume=latest")
+    assert "at step 4" in resumed.stderr
+
+
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(sample_shards, tmp_path):
     with small_disk(tmp_path / "disk", 32 * 1024) as disk:
         proc = start_training(sample_shards, tmp_path, f"train.output_dir={disk / 'run'}",
