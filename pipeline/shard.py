@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shard-size", type=_positive, default=shard_size,
                        help="samples per tar shard")
         p.add_argument("--workers", type=_positive, default=usable_cores(),
-                       help="worker processes (default: all cores)")
+                       help="worker processes (default: the cores this process may use)")
 
     def image_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--format", choices=("jpg", "png"), default="jpg",

@@ -2,6 +2,7 @@
 # The learning benchmark from a fresh clone: set up .venv, then run ops/bench/learn.py with the
 # given arguments (default: both recipes side by side at the full budget, ~35 min on 2 cores).
 #   bash ops/bench/learn.sh [--tiny] [--recipe paper|edgeconnect|both] [--out DIR] [--no-apt]
+#                           [--texture-steps N] [--set KEY=VALUE ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash ops/setup.sh
