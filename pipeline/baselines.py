@@ -6,6 +6,7 @@ import torch
 
 from pipeline.inference import Fill
 from pipeline.metrics import uint8_images
+from pipeline.models.coarse_fill import pull_push_fill
 
 TELEA_RADIUS = 3  # OpenCV's documented example radius
 
@@ -29,4 +30,9 @@ def telea_fill(batch: dict) -> torch.Tensor:
     return out.to(batch["image"])
 
 
-BASELINES: dict[str, Fill] = {"mean": mean_fill, "telea": telea_fill}
+def pull_push(batch: dict) -> torch.Tensor:
+    """The smooth pull-push interpolation G2 starts from with `model.coarse_fill` on."""
+    return pull_push_fill(batch["image"], batch["mask"])
+
+
+BASELINES: dict[str, Fill] = {"mean": mean_fill, "telea": telea_fill, "pull-push": pull_push}

@@ -232,4 +232,8 @@ def load_generator_weights(path: Path, name: str, net: nn.Module, raw_weights: b
     state = pick_weights(generator_states(path), name, raw_weights)
     if state is None:
         raise CheckpointError(f"{path} holds no '{name}' generator")
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:  # torch's message lists every mismatched tensor
+        raise CheckpointError(f"{path}'s '{name}' was built with other model.* settings than "
+                              f"this run's (they are in its config.yaml)") from None

@@ -18,6 +18,7 @@ from pipeline.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES
 
 BACKENDS = ("auto", "reference", "flex", "natten")
 UPSAMPLERS = ("transposed", "resize")
+COARSE_FILLS = ("none", "pull-push")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -71,6 +72,10 @@ class ModelConfig:
     # the decoder's 2x up-samplings: transposed 4x4 convs (EdgeConnect's) or nearest-neighbour
     # resize then a 3x3 conv, which cannot paint the transposed conv's checkerboard
     upsample: str = "transposed"
+    # "pull-push": G2's hole arrives filled by pull-push interpolation of the known pixels and
+    # G2 learns a correction to that fill, starting from it (pipeline/models/coarse_fill.py);
+    # "none": the paper's zero-filled hole, painted from scratch (far slower to learn)
+    coarse_fill: str = "pull-push"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
@@ -235,6 +240,8 @@ def validate(cfg: DictConfig) -> None:
            f"'{m.attention.backend}' is not one of {', '.join(BACKENDS)}")
     _check(m.upsample in UPSAMPLERS, "model.upsample",
            f"'{m.upsample}' is not one of {', '.join(UPSAMPLERS)}")
+    _check(m.coarse_fill in COARSE_FILLS, "model.coarse_fill",
+           f"'{m.coarse_fill}' is not one of {', '.join(COARSE_FILLS)}")
     _check(t.mixed_precision in (None, *PRECISIONS), "train.mixed_precision",
            f"'{t.mixed_precision}' is not one of {', '.join(PRECISIONS)}")
     _check(d.resume in ("skip", "reseed"), "data.resume", "must be 'skip' or 'reseed'")

@@ -53,8 +53,20 @@ def default_uri() -> str:
 def experiment_id(client, name: str) -> str:
     """Id of the experiment called `name`, created when it does not exist yet (marked as model
     training, so the MLflow UI opens it on its runs rather than on its GenAI pages)."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name, tags=EXPERIMENT_TAGS)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, tags=EXPERIMENT_TAGS)
+    except MlflowException:
+        # runs starting side by side (an array job, the benchmark's recipes) race to create it:
+        # the loser finds the winner's
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def slurm_job() -> Optional[str]:

@@ -183,3 +183,22 @@ def test_system_metrics_and_model_can_be_switched_off(sample_shards, tmp_path):
     assert not [k for k in run.data.metrics if k.startswith("system/")]
     assert not run.outputs.model_outputs
     assert "val/psnr/overall" in run.data.metrics
+
+
+def test_an_experiment_created_by_a_run_starting_alongside_is_joined(tmp_path):
+    """Two runs start at once on a new experiment: both see none, the second's create fails
+    because the first's landed in between; it joins that experiment instead of failing."""
+    from pipeline.tracking import experiment_id
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    class LateClient(MlflowClient):
+        def get_experiment_by_name(self, name):
+            found = super().get_experiment_by_name(name)
+            if found is None and not hasattr(self, "raced"):
+                self.raced = MlflowClient(uri).create_experiment(name)  # the other run
+            return found
+
+    client = LateClient(uri)
+    assert experiment_id(client, "side-by-side") == client.raced
+    assert experiment_id(MlflowClient(uri), "side-by-side") == client.raced

@@ -10,6 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import PYTHON, REPO, TINY, reset_accelerate, tiny_overrides
+from eval_helpers import make_checkpoint
 from pipeline import checkpoint
 from pipeline.inference import load_generators
 from pipeline.train import run
@@ -122,6 +123,16 @@ def test_bad_inputs_fail_before_training_with_a_message(sample_shards, tmp_path,
     proc = train_cli(sample_shards, tmp_path, *overrides, check=False)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_edge_checkpoint_of_another_model_shape_is_refused(sample_shards, tmp_path):
+    edge = make_checkpoint(tmp_path / "edge", stage="edge", generators=("g1",))
+    proc = train_cli(sample_shards, tmp_path, "train.stage=texture", f"train.edge_checkpoint={edge}",
+                     "model.upsample=resize", check=False)  # the edge run had transposed convs
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"cannot load g1 from {edge}" in proc.stderr
+    assert "other model.* settings" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_incomplete_shard_sets_are_refused_naming_what_is_missing(sample_shards, tmp_path):

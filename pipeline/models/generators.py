@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.models.blocks import ResidualBlock, init_normal, spectral_norm_convs
+from pipeline.models.coarse_fill import pull_push_fill
 from pipeline.models.dina import DiNA
 
 
@@ -55,6 +56,9 @@ class GeneratorSpec:
     # pixels (EdgeConnect's G2 reads only the masked image and the edges)
     hole_mask_channel: bool = False
     upsample: str = "transposed"  # the decoder's: transposed | resize
+    # G2 starts from a smooth fill of the hole and learns a correction to it (TextureGenerator);
+    # "none": G2 paints the zero-filled hole from scratch, as EdgeConnect's
+    coarse_fill: str = "none"
 
     def __post_init__(self):
         if self.attention is not None and len(self.attention.dilations) != self.blocks:
@@ -105,11 +109,27 @@ class TextureGenerator(Generator):
     """G2: [masked RGB, composite edges, mask] (5 ch) -> RGB in [0, 1] via (tanh + 1) / 2.
 
     The mask channel is read only with `spec.hole_mask_channel`; otherwise G2 is EdgeConnect's,
-    which sees the first 4 channels."""
+    which sees the first 4 channels.
+
+    With `spec.coarse_fill="pull-push"` the hole arrives filled by pull_push_fill instead of
+    zeros, and the network's output is a correction to that fill in logit space,
+    sigmoid(logit(fill) + 2 h) (= (tanh(h + atanh(2 fill - 1)) + 1) / 2). Its head starts at
+    zero, so an untrained G2 returns the fill: it need not learn each image's colours from
+    scratch through instance norms that remove them, only the detail a smooth fill lacks."""
+
+    FILL_EPS = 1e-3  # keeps logit(fill) finite on black and white pixels
 
     def __init__(self, spec: GeneratorSpec):
         self.reads = 5 if spec.hole_mask_channel else 4
+        self.coarse_fill = spec.coarse_fill == "pull-push"
         super().__init__(spec, in_channels=self.reads, out_channels=3, spectral_norm=False)
+        if self.coarse_fill:
+            nn.init.zeros_(self.head.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.tanh(super().forward(x[:, :self.reads])) + 1) / 2
+        if not self.coarse_fill:
+            return (torch.tanh(super().forward(x[:, :self.reads])) + 1) / 2
+        fill = pull_push_fill(x[:, :3], x[:, 4:5])
+        correction = super().forward(torch.cat([fill, x[:, 3:self.reads]], dim=1))
+        prior = torch.logit(fill.clamp(self.FILL_EPS, 1 - self.FILL_EPS))
+        return torch.sigmoid(prior + 2 * correction)
