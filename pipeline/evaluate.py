@@ -7,9 +7,10 @@ Every test image is scored once in every bucket (0-10 % ... 50-60 %), paired wit
 `pipeline.data.eval_pairs`'s fixed rule, so two evaluations see identical inputs. The method
 fills the hole, the output is composited (known pixels kept) and scored with PSNR / SSIM on RGB
 at [0, 255] by pipeline.scoring, as training validation is. Methods: `model` (G1 -> G2 from a
-checkpoint, edges from Canny on the known region as at test time, pipeline.inference), and two
+checkpoint, edges from Canny on the known region as at test time, pipeline.inference), and three
 baselines through the same code (pipeline.baselines): `mean` (hole filled with the known
-region's mean colour) and `telea` (OpenCV's cv2.inpaint, Telea).
+region's mean colour), `telea` (OpenCV's cv2.inpaint, Telea) and `pull-push` (the smooth fill
+G2 starts from with model.coarse_fill=pull-push).
 
 Writes OUT_DIR/pairs.json (each pair with its scores), metrics.json, table.md, timing.json,
 and with --save-images OUT_DIR/images/<image-stem>__<bucket>.png. Logs the per-bucket metrics
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="use the raw trained weights; by default a checkpoint's EMA weights "
                         "(train.ema) are used where it holds them")
     p.add_argument("--method", choices=METHODS, default="model",
-                   help="model: G1->G2 from --checkpoint; mean / telea: baselines")
+                   help="model: G1->G2 from --checkpoint; mean / telea / pull-push: baselines")
     p.add_argument("--images", required=True,
                    help="test images: shard dir, index.json or a folder of image files")
     p.add_argument("--masks", required=True,
@@ -80,7 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", help="MLflow run name (default: eval-<method>-<checkpoint>)")
     args = p.parse_args(argv)
     if args.method == "model" and not args.checkpoint:
-        p.error("--method model needs --checkpoint (or use --method mean / telea)")
+        p.error("--method model needs --checkpoint (or use a baseline: --method mean / telea / "
+                "pull-push)")
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

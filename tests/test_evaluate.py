@@ -12,7 +12,7 @@ from PIL import Image
 
 from eval_helpers import make_checkpoint
 from pipeline.data import eval_loader, eval_pairs
-from pipeline.baselines import mean_fill, telea_fill
+from pipeline.baselines import mean_fill, pull_push, telea_fill
 from pipeline.scoring import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,14 +68,16 @@ def test_baselines_through_the_same_code(sample_shards):
     loader = eval_loader(pairs, 32, batch_size=8)
     mean_summary, per_image = evaluate(loader, mean_fill, progress=False)
     telea_summary, _ = evaluate(loader, telea_fill, progress=False)
+    pull_push_summary, _ = evaluate(loader, pull_push, progress=False)
     assert len(per_image) == len(pairs) == 60
-    for summary in (mean_summary, telea_summary):
+    for summary in (mean_summary, telea_summary, pull_push_summary):
         assert summary["overall"]["n"] == 60
         # bigger holes score lower
         assert summary["0-10"]["psnr"] > summary["50-60"]["psnr"]
         assert summary["0-10"]["ssim"] > summary["50-60"]["ssim"]
     # propagating the surroundings beats one flat colour on real photos
     assert telea_summary["overall"]["psnr"] > mean_summary["overall"]["psnr"]
+    assert pull_push_summary["overall"]["psnr"] > mean_summary["overall"]["psnr"]
 
     batch = next(iter(loader))
     filled = mean_fill(batch)
