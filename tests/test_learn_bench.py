@@ -77,7 +77,7 @@ def test_a_set_that_is_not_key_value_is_refused(tmp_path):
 def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     out = tmp_path / "learn"
     proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--no-apt", "--out", str(out),
-                           "--tracking-uri", mlflow_server, "--set", "loss.l1_known_pixels=true"],
+                           "--tracking-uri", mlflow_server, "--set", "loss.l1_known_pixels=false"],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("| PSNR | mean |", "| PSNR | telea |", "| PSNR | paper |",
@@ -129,4 +129,4 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
         "learn.json", "table.md", "photos.md", "curve.png", "grid.png"}
     texture_run = client.get_run(report["trained"]["paper"]["texture"]["run_id"])
     assert texture_run.data.tags["mlflow.parentRunId"] == bench_id
-    assert texture_run.data.params["loss.l1_known_pixels"] == "True"  # --set reached training
+    assert texture_run.data.params["loss.l1_known_pixels"] == "False"  # --set reached training (default: true)

@@ -73,15 +73,29 @@ def test_paper_width_shapes_and_parameter_counts(attention):
     assert features[-1] is logits
 
 
-def test_tiny_models_train():
+@pytest.mark.parametrize("coarse_fill", ["none", "pull-push"])
+def test_tiny_models_train(coarse_fill):
     torch.manual_seed(0)
-    cfg = load_config(overrides=TINY).model
+    cfg = load_config(overrides=TINY + [f"model.coarse_fill={coarse_fill}"]).model
     g1, g2, d1 = build_network("g1", cfg), build_network("g2", cfg), PatchDiscriminator(2, width=8)
-    edges = g1(torch.rand(2, 3, 32, 32))
-    rgb = g2(torch.cat([torch.rand(2, 3, 32, 32), edges, torch.rand(2, 1, 32, 32)], 1))
+    mask = (torch.rand(2, 1, 32, 32) > 0.5).float()
+
+    def forward():
+        edges = g1(torch.rand(2, 3, 32, 32))
+        rgb = g2(torch.cat([torch.rand(2, 3, 32, 32), edges, mask], 1))
+        logits, _ = d1(torch.cat([edges, torch.rand(2, 1, 32, 32)], 1))
+        return edges, rgb, logits
+
+    if coarse_fill != "none":  # G2's head starts at zero: only it learns on the first step
+        _, rgb, _ = forward()
+        rgb.mean().backward()
+        assert all(p.grad is None or not p.grad.any()
+                   for name, p in g2.named_parameters() if not name.startswith("head."))
+        torch.optim.SGD(g2.head.parameters(), lr=1.0).step()
+        g2.zero_grad(set_to_none=True)
+    edges, rgb, logits = forward()
     assert edges.shape == (2, 1, 32, 32) and 0 < edges.min() and edges.max() < 1
     assert rgb.shape == (2, 3, 32, 32) and 0 <= rgb.min() and rgb.max() <= 1
-    logits, _ = d1(torch.cat([edges, torch.rand(2, 1, 32, 32)], 1))
     (logits.mean() + rgb.mean()).backward()
     for name, p in [*g1.named_parameters(), *g2.named_parameters(), *d1.named_parameters()]:
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -215,7 +229,9 @@ def test_texture_generator_reads_the_mask_channel_only_when_configured():
     flipped[:, 4] = 1 - flipped[:, 4]
     outputs = {}
     for on in (False, True):
-        cfg = load_config(overrides=TINY + [f"model.hole_mask_channel={on}"]).model
+        # the paper's zero-filled input (a coarse fill reads the mask whatever G2's channels)
+        cfg = load_config(overrides=TINY + [f"model.hole_mask_channel={on}",
+                                            "model.coarse_fill=none"]).model
         torch.manual_seed(0)
         g2 = build_network("g2", cfg).eval()
         assert n_params(g2) == generator_params(cfg, 5 if on else 4, 3, block_conv_bias=True)
