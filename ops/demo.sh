@@ -21,11 +21,16 @@ $PY pipeline/evaluate.py --checkpoint runs/demo/texture --images shards/sample/t
 # the bar to clear: every hole filled with the mean colour of its image's known pixels
 $PY pipeline/evaluate.py --method mean --images shards/sample/test \
     --masks shards/sample/masks --out outputs/demo/eval-mean --image-size 64 --experiment dina-demo
+# what G2 starts from (model.coarse_fill): the training should add to it
+$PY pipeline/evaluate.py --method pull-push --images shards/sample/test \
+    --masks shards/sample/masks --out outputs/demo/eval-pull-push --image-size 64 \
+    --experiment dina-demo
 cat <<TXT
 
 Demo done.
   checkpoints:  runs/demo/edge/checkpoints, runs/demo/texture/checkpoints
   evaluation:   outputs/demo/eval/table.md (PSNR/SSIM per mask bucket), outputs/demo/eval/images/
   mean fill:    outputs/demo/eval-mean/table.md (the baseline the model should beat)
+  pull-push:    outputs/demo/eval-pull-push/table.md (the fill G2 starts from)
   MLflow:       .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db  (experiment dina-demo)
 TXT

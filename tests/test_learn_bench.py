@@ -129,4 +129,4 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
         "learn.json", "table.md", "photos.md", "curve.png", "grid.png"}
     texture_run = client.get_run(report["trained"]["paper"]["texture"]["run_id"])
     assert texture_run.data.tags["mlflow.parentRunId"] == bench_id
-    assert texture_run.data.params["loss.l1_known_pixels"] == "False"  # --set reached training (default: true)
+    assert texture_run.data.params["loss.l1_known_pixels"] == "False"  # --set reached training
