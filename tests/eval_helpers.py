@@ -14,6 +14,15 @@ from pipeline.networks import build_network
 from pipeline.stage_table import STAGES
 
 
+def trained_looking(name: str, model_cfg) -> torch.nn.Module:
+    """A freshly built network whose output depends on its seed: G2's head starts at zero with
+    model.coarse_fill (every seed would return the same fill), so it gets random weights."""
+    net = build_network(name, model_cfg)
+    if name == "g2":
+        torch.nn.init.normal_(net.head.weight, 0.0, 0.02)
+    return net
+
+
 def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...] = ("g1", "g2"),
                     mlflow_run_id: Optional[str] = None, mlflow_tracking_uri: Optional[str] = None,
                     seed: int = 0, ema_seed: Optional[int] = None) -> Path:
@@ -23,11 +32,11 @@ def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...]
     overrides += [f"{key}=unused-by-evaluation" for key in STAGES[stage].required_checkpoints]
     cfg = load_config([TINY], overrides)
     torch.manual_seed(seed)
-    nets = {name: build_network(name, cfg.model) for name in ("g1", "g2")}
+    nets = {name: trained_looking(name, cfg.model) for name in ("g1", "g2")}
     saved = {name: nets[name] for name in generators}
     if ema_seed is not None:
         torch.manual_seed(ema_seed)
-        saved.update({name + EMA_SUFFIX: build_network(name, cfg.model) for name in generators})
+        saved.update({name + EMA_SUFFIX: trained_looking(name, cfg.model) for name in generators})
     reset_accelerate()
     try:
         return save(Accelerator(cpu=True), str(out), 1, cfg,
