@@ -23,10 +23,10 @@ from typing import Optional
 import yaml
 
 from pipeline import exit_codes
-from pipeline.masks import BUCKETS
-from pipeline.tracking import DEFAULT_EXPERIMENT, default_uri, experiment_id
-from pipeline.metrics import (METRICS, OVERALL, best_per_column, bucket_columns, bucket_table,
-                              summary_from_flat, table_rows)
+from pipeline.data.masks import BUCKETS
+from pipeline.tracking.runs import DEFAULT_EXPERIMENT, default_uri, experiment_id
+from pipeline.evaluation.metrics import METRICS, OVERALL, bucket_columns
+from pipeline.evaluation.tables import best_per_column, bucket_table, summary_from_flat, table_rows
 
 EVALUATION_FILTER = "tags.`dina.kind` = 'evaluation' and attributes.status = 'FINISHED'"
 

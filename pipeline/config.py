@@ -14,7 +14,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES
+from pipeline.training.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES
 
 BACKENDS = ("auto", "reference", "flex", "natten")
 UPSAMPLERS = ("transposed", "resize")
@@ -128,7 +128,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     ckpt_limit: int = 3  # keep this many newest checkpoints
     resume: Optional[str] = None  # "latest" or a checkpoint path
-    # where pretrained generators come from (pipeline/stage_table.py: which stage needs which)
+    # where pretrained generators come from (pipeline/training/stage_table.py: which stage needs which)
     edge_checkpoint: Optional[str] = None  # G1
     texture_checkpoint: Optional[str] = None  # G2
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,10 +29,12 @@ from typing import Optional
 import torch
 
 from pipeline import exit_codes
-from pipeline.baselines import BASELINES
-from pipeline.inference import Fill, InferenceError, load_model, model_fill
-from pipeline.metrics import bucket_table, flat_metrics
-from pipeline.scoring import evaluate
+from pipeline.evaluation.baselines import BASELINES
+from pipeline.evaluation.inference import Fill, InferenceError, load_model, model_fill
+from pipeline.evaluation.tables import bucket_table
+from pipeline.evaluation.scoring import evaluate
+
+from pipeline.tracking.evaluation_runs import log_to_mlflow
 
 METHODS = ("model", *BASELINES)
 
@@ -96,67 +97,17 @@ def load_method(args: argparse.Namespace) -> tuple[Fill, Optional[dict], int]:
     """(fill, checkpoint info or None, image size) for the chosen method."""
     if args.method != "model":
         return BASELINES[args.method], None, args.image_size or 256
-    from pipeline.model_source import local_checkpoint
-    from pipeline.tracking import default_uri
+    from pipeline.tracking.model_source import local_checkpoint
+    from pipeline.tracking.runs import default_uri
 
     checkpoint = local_checkpoint(args.checkpoint, args.tracking_uri or default_uri())
     g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device, args.raw_weights)
     return model_fill(g1, g2), info, args.image_size or int(info["cfg"].data.image_size)
 
 
-def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_size: int) -> str:
-    """A new evaluation run (nested under the checkpoint's run when known); returns its id."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    from mlflow.entities import LoggedModelInput, Metric
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.dataset_inputs import dataset_input, spec_name
-    from pipeline.logged_model import find_model
-    from pipeline.tracking import (DEFAULT_EXPERIMENT, default_uri, experiment_id as get_experiment,
-                                   with_source_tags)
-
-    meta = info["meta"] if info else {}
-    source_run = meta.get("mlflow_run_id")
-    uri = args.tracking_uri or meta.get("mlflow_tracking_uri") or default_uri()
-    client = MlflowClient(uri)
-    source_experiment = client.get_run(source_run).info.experiment_id if source_run else None
-    experiment_id = ((args.experiment is None and source_experiment)
-                     or get_experiment(client, args.experiment or DEFAULT_EXPERIMENT))
-    # the logged model holding these weights (logged by the training run or log_model.py)
-    model_id = info and find_model(client, source_experiment or experiment_id, Path(info["path"]))
-    label = Path(info["path"]).name if info else "baseline"
-    tags = {"dina.kind": "evaluation", "dina.method": args.method}
-    if source_run:
-        tags.update({"dina.source_run_id": source_run, "mlflow.parentRunId": source_run})
-    run = client.create_run(experiment_id, run_name=args.run_name or f"eval-{args.method}-{label}",
-                            tags=with_source_tags(tags))
-    run_id = run.info.run_id
-    params = {"method": args.method, "images": args.images, "masks": args.masks,
-              "image_size": image_size, "per_bucket": args.per_bucket}
-    if info:
-        params.update({"checkpoint": info["path"], "checkpoint_step": meta.get("step"),
-                       "stage": meta.get("stage"), "weights": info["weights"]})
-    for key, value in params.items():
-        client.log_param(run_id, key, str(value))
-    test_set = dataset_input(args.images, spec_name(args.images), "evaluation")
-    client.log_inputs(run_id, datasets=[test_set, dataset_input(args.masks, spec_name(args.masks),
-                                                                "evaluation")],
-                      models=[LoggedModelInput(model_id)] if model_id else None)
-    now = int(time.time() * 1000)
-    # with model_id and the test set named, the metrics also show on the logged model's page
-    metrics = [Metric(k, v, now, 0, model_id=model_id,
-                      dataset_name=test_set.dataset.name, dataset_digest=test_set.dataset.digest)
-               for k, v in flat_metrics(summary).items()]
-    client.log_batch(run_id, metrics=metrics)
-    for name in ("table.md", "metrics.json", "pairs.json"):
-        client.log_artifact(run_id, str(out / name))
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from pipeline.data import eval_loader, eval_pairs
+    from pipeline.data.eval_pairs import eval_loader, eval_pairs
 
     try:
         fill, info, size = load_method(args)

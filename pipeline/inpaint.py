@@ -31,16 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from pipeline import exit_codes
-from pipeline.inference import InferenceError, load_model, model_fill
-from pipeline.images import ImageError, decode_rgb, open_image, to_gray
-from pipeline.masks import mask_levels
-from pipeline.metrics import to_uint8
-from pipeline.model_source import ModelSourceError, local_checkpoint
-from pipeline.tracking import default_uri
+from pipeline.evaluation.inference import InferenceError, load_model
+from pipeline.data.images import ImageError, decode_rgb, open_image
+from pipeline.data.masks import mask_levels
+from pipeline.tracking.model_source import ModelSourceError, local_checkpoint
+from pipeline.tracking.runs import default_uri
+
+from pipeline.evaluation.any_size import inpaint_image
 
 GREY_LOW, GREY_HIGH = 32, 223  # a mask pixel outside [0, 32) and (223, 255] is "grey"
 MAX_GREY_FRACTION = 0.01
@@ -124,43 +124,6 @@ def write_output(out: str, rgb: np.ndarray, fmt: tuple[str, dict]) -> None:
     except OSError as err:
         part.unlink(missing_ok=True)
         raise InpaintError(f"--out {out}: cannot write: {err.strerror or err}") from None
-
-
-def pad_to_square(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad [B,C,H,W] to a square (centred); returns it and the (top, left) offsets."""
-    h, w = x.shape[-2:]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    pad = (left, side - w - left, top, side - h - top)
-    # reflection needs the pad to be shorter than the side; replicate covers thin strips
-    mode = "reflect" if max(pad) < min(h, w) else "replicate"
-    return F.pad(x, pad, mode=mode), (top, left)
-
-
-def inpaint_image(rgb: np.ndarray, hole: np.ndarray, g1, g2, size: int, device: str
-                  ) -> tuple[np.ndarray, dict]:
-    """Full-resolution output (known pixels untouched) and a record of what was done."""
-    h, w = hole.shape
-    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255)
-    mask = torch.from_numpy(hole)[None, None].float()
-    square, (top, left) = pad_to_square(torch.cat([image, mask], dim=1))
-    side = square.shape[-1]
-    small_image = F.interpolate(square[:, :3], size=(size, size), mode="bicubic",
-                                antialias=True, align_corners=False).clamp(0, 1)
-    # the padding is known context; any hole pixel under a low-resolution pixel makes it a hole
-    small_mask = (F.adaptive_max_pool2d(square[:, 3:], size) if side >= size else
-                  F.interpolate(square[:, 3:], size=(size, size), mode="nearest"))
-    small_image = to_uint8(small_image).float().div(255)  # what a saved size x size image holds
-    gray = torch.from_numpy(to_gray(to_uint8(small_image)[0].permute(1, 2, 0).numpy()))
-    batch = {"image": small_image, "mask": small_mask, "gray": gray[None, None],
-             "edge": torch.zeros_like(small_mask)}
-    batch = {k: v.to(device) for k, v in batch.items()}
-    with torch.no_grad():
-        pred = model_fill(g1, g2)(batch).cpu()
-    full = F.interpolate(pred, size=(side, side), mode="bicubic", align_corners=False)
-    full = to_uint8(full[..., top:top + h, left:left + w])[0].permute(1, 2, 0).numpy()
-    out = np.where(hole[..., None], full, rgb)
-    return out, {"square": side, "model_size": size, "hole_pixels": int(hole.sum())}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

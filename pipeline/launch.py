@@ -7,7 +7,7 @@
 Each stage trains `configs/stage/<stage>.yaml` + the given YAML files + the overrides (as
 pipeline/train.py). A chain runs its stages in order, each starting only after the previous one
 succeeded (`afterok`), and each stage gets the checkpoint of every generator it needs or carries
-(pipeline/stage_table.py) from the latest earlier stage that trains it: in edge,texture,joint the
+(pipeline/training/stage_table.py) from the latest earlier stage that trains it: in edge,texture,joint the
 joint stage gets train.edge_checkpoint=<edge dir> and train.texture_checkpoint=<texture dir>. A
 stage that needs a generator neither the chain nor the config provides is refused before anything
 is submitted.
@@ -48,7 +48,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from pipeline import exit_codes  # noqa: E402
 from pipeline.config import ConfigError, load_config, merge_config, split_args  # noqa: E402
-from pipeline.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES  # noqa: E402
+from pipeline.training.stage_table import CHECKPOINT_KEY, GENERATOR_NAMES, STAGES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

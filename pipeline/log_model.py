@@ -16,10 +16,10 @@ import json
 import sys
 
 from pipeline import exit_codes
-from pipeline.checkpoint import CheckpointError, resolve
-from pipeline.logged_model import can_inpaint, log_checkpoint
-from pipeline.model_source import URI_SCHEMES
-from pipeline.tracking import default_uri
+from pipeline.training.checkpoint import CheckpointError, resolve
+from pipeline.tracking.logged_model import can_inpaint, log_checkpoint
+from pipeline.tracking.model_source import URI_SCHEMES
+from pipeline.tracking.runs import default_uri
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Log a checkpoint's generators as an MLflow model "

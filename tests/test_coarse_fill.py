@@ -4,7 +4,7 @@ import torch
 
 from pipeline.config import ConfigError, load_config
 from pipeline.models.coarse_fill import pull_push_fill
-from pipeline.networks import build_network
+from pipeline.models.factory import build_network
 
 TINY = ["model.channels=8", "model.blocks=2", "model.d_channels=8", "model.attention.heads=2",
         "model.attention.kernel_size=3", "model.attention.dilations=[1,2]"]

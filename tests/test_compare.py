@@ -1,24 +1,21 @@
 """compare.py against a real MLflow server on loopback: two evaluation runs -> table, CSV, plot."""
 import csv
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from tests.helpers import REPO, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKETS = ["0-10", "10-20", "20-30", "30-40", "40-50", "50-60"]
 
 pytestmark = pytest.mark.slow
 
 
 def _compare(*args: str, uri: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "pipeline" / "compare.py"), *args,
-                           "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    return run_cli("compare.py", *args, "--tracking-uri", uri, timeout=120)
 
 
 def _evaluation_run(client: MlflowClient, experiment_id: str, name: str, psnr0: float,

@@ -6,9 +6,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from pipeline.config import load_config
-from pipeline.networks import build_network
+from pipeline.models.factory import build_network
 
-from conftest import TINY
+from tests.helpers import TINY, run_cli
 
 
 @pytest.mark.slow  # inductor compiles forward and backward of two generators (~1 min on 2 cores)
@@ -42,7 +42,7 @@ def test_compiled_training_step_compiles_once():
     """train.compile=true: a whole texture step (D then G, every loss) compiled; the steps after
     the first reuse its graphs: no recompile, no new graph. (Graphs and recompiles are dynamo's
     doing; aot_eager skips inductor's code generation, minutes on two cores.)"""
-    from test_step_syncs import batch, one_step, step_context
+    from tests.helpers.training import batch, one_step, step_context
 
     ctx = step_context("texture", "train.compile=true", "train.compile_backend=aot_eager")
     torch._dynamo.reset()
@@ -80,16 +80,12 @@ def test_flex_block_mask_is_built_before_the_graph_not_in_it(monkeypatch):
 @pytest.mark.slow  # a two-step compiled training run as a process
 def test_a_compiled_run_writes_checkpoints_that_inference_loads(sample_shards, tmp_path):
     """The saved generators carry the plain modules' keys, not the compiled wrapper's."""
-    import subprocess
+    from pipeline.evaluation.inference import load_generators
 
-    from conftest import PYTHON, REPO
-    from pipeline.inference import load_generators
-
-    subprocess.run([PYTHON, str(REPO / "pipeline" / "train.py"), TINY,
-                    f"data.train={sample_shards / 'train'}", f"data.val={sample_shards / 'test'}",
-                    f"data.masks={sample_shards / 'masks'}", f"train.output_dir={tmp_path / 'run'}",
-                    "tracking.enabled=false", "train.compile=true", "train.compile_backend=aot_eager",
-                    "train.steps=2", "model.attention.backend=reference"],
-                   check=True, capture_output=True, text=True)
+    run_cli("train.py", TINY, f"data.train={sample_shards / 'train'}",
+            f"data.val={sample_shards / 'test'}", f"data.masks={sample_shards / 'masks'}",
+            f"train.output_dir={tmp_path / 'run'}", "tracking.enabled=false", "train.compile=true",
+            "train.compile_backend=aot_eager", "train.steps=2", "model.attention.backend=reference",
+            check=True)
     _, _, g2 = load_generators(tmp_path / "run")
     assert g2 is not None

@@ -1,8 +1,7 @@
-import subprocess
 
 import pytest
 
-from conftest import PYTHON, REPO, TINY
+from tests.helpers import TINY, run_cli
 from pipeline.config import ConfigError, flatten, load_config, split_args
 
 
@@ -52,8 +51,7 @@ def test_split_args():
 
 
 def test_train_cli_rejects_bad_key_before_training():
-    out = subprocess.run([PYTHON, str(REPO / "pipeline" / "train.py"), TINY, "optim.g_lrr=1"],
-                         capture_output=True, text=True, timeout=120)
+    out = run_cli("train.py", TINY, "optim.g_lrr=1", timeout=120)
     assert out.returncode == 2
     assert "optim.g_lrr" in out.stderr
 
@@ -81,15 +79,13 @@ def test_config_files_that_are_not_yaml_mappings_are_one_line_errors(tmp_path, c
     bad.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
         load_config([str(bad)])
-    out = subprocess.run([PYTHON, str(REPO / "pipeline" / "train.py"), str(bad)],
-                         capture_output=True, text=True, timeout=120)
+    out = run_cli("train.py", bad, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "bad.yaml" in out.stderr, out.stderr
 
 
 def test_train_cli_names_a_bad_value_in_one_line():
-    out = subprocess.run([PYTHON, str(REPO / "pipeline" / "train.py"), TINY, "optim.betas=[2,3]",
-                          "data.num_workers=-1"], capture_output=True, text=True, timeout=120)
+    out = run_cli("train.py", TINY, "optim.betas=[2,3]", "data.num_workers=-1", timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
         "error: config key 'data.num_workers': must be >= 0 (0: load in the main process)"]

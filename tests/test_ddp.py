@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from conftest import REPO
-from test_faults import harness, only_run
+from tests.helpers import REPO
+from tests.helpers.training import harness, only_run
 
 pytestmark = pytest.mark.slow
 

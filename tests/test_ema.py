@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,13 +12,13 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
-from conftest import REPO, TINY
-from eval_helpers import make_checkpoint
-from test_faults import harness
-from pipeline.checkpoint import generator_states
+from tests.helpers import TINY, run_cli
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.training import harness
+from pipeline.training.checkpoint import generator_states
 from pipeline.config import ConfigError, load_config
-from pipeline.ema import GeneratorEMA
-from pipeline.inference import load_model
+from pipeline.training.ema import GeneratorEMA
+from pipeline.evaluation.inference import load_model
 
 
 def test_update_follows_the_hand_computed_average():
@@ -75,10 +74,7 @@ def test_load_model_picks_the_ema_unless_raw_weights(checkpoints):
 
 
 def _cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / "pipeline" / script), *args],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_cli(script, *args, check=True)
 
 
 @pytest.mark.slow

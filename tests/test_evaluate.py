@@ -1,7 +1,6 @@
 """evaluate.py on the sample shards: deterministic pairing, outputs, baselines, MLflow, errors."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +9,17 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from eval_helpers import make_checkpoint
-from pipeline.data import eval_loader, eval_pairs
-from pipeline.baselines import mean_fill, pull_push, telea_fill
-from pipeline.scoring import evaluate
+from tests.helpers.checkpoints import make_checkpoint
+from pipeline.data.eval_pairs import eval_loader, eval_pairs
+from pipeline.evaluation.baselines import mean_fill, pull_push, telea_fill
+from pipeline.evaluation.scoring import evaluate
+from tests.helpers import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKETS = ["0-10", "10-20", "20-30", "30-40", "40-50", "50-60"]
 
 
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "pipeline" / "evaluate.py"), *args],
-                          capture_output=True, text=True, timeout=300)
+    return run_cli("evaluate.py", *args)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +161,7 @@ def test_bad_inputs_are_named(sample_shards, tmp_path):
 def test_plain_folders_of_any_size(tmp_path):
     from skimage import data
 
-    from pipeline.masks import generate_mask
+    from pipeline.data.masks import generate_mask
 
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()

@@ -8,39 +8,22 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from conftest import PYTHON, REPO, TINY, tiny_overrides
-from mlflow_server import free_port, start_server, stop_server
-from pipeline import checkpoint
-from small_disk import small_disk
-from test_train import assert_identical, final_tensors, train_cli
+from tests.helpers import PYTHON, REPO, TINY
+from tests.helpers.training import harness, only_run, start_training, tiny_overrides, wait_for
+from tests.helpers.mlflow_server import free_port, start_server, stop_server
+from pipeline.training import checkpoint
+from tests.helpers.small_disk import small_disk
+from tests.helpers.training import assert_identical, final_tensors, train_cli
 
-HARNESS = str(REPO / "tests" / "scripts" / "train_harness.py")
 TRAIN = str(REPO / "pipeline" / "train.py")
 
 pytestmark = pytest.mark.slow
-
-
-def start_training(shards, out, *extra) -> subprocess.Popen:
-    args = [PYTHON, TRAIN, TINY, *tiny_overrides(shards, out), *extra]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited early ({proc.returncode}):\n"
-                                 f"{proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def checkpoint_steps(out: Path) -> list[int]:
@@ -114,26 +97,6 @@ def test_second_signal_exits_at_once(sample_shards, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "second signal" in err
-
-
-def harness(shards, out, *args, nprocs: int = 1, accelerate_config: str | None = None):
-    """The trainer through tests/scripts/train_harness.py; with nprocs > 1 under a real
-    `accelerate launch` (command-line flags, or an accelerate config file)."""
-    launch = [PYTHON, HARNESS]
-    if nprocs > 1:
-        topology = (["--config_file", accelerate_config] if accelerate_config else
-                    ["--multi_gpu", "--num_processes", str(nprocs), "--num_machines", "1",
-                     "--mixed_precision", "no"])
-        launch = [str(Path(sys.executable).parent / "accelerate"), "launch", *topology,
-                  "--main_process_port", str(free_port()), HARNESS]
-    cmd = [*launch, *args, "--", TINY, *tiny_overrides(shards, out)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-
-def only_run(uri: str):
-    client = mlflow.MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("dina-tests").experiment_id])
-    return client, run
 
 
 def metric_history(out: Path, key: str) -> list:

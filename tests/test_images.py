@@ -1,4 +1,4 @@
-"""pipeline.images: every pixel format becomes RGB uint8; every bad file becomes an ImageError."""
+"""pipeline.data.images: every pixel format becomes RGB uint8; every bad file becomes an ImageError."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,8 @@ from PIL import Image
 from skimage.color import rgb2gray
 from skimage.feature import canny
 
-from data_fixtures import exif_rotated, make_image_zoo, photo, save
-from pipeline.images import ImageError, canny_edges, load_image, read_image, to_gray
+from tests.helpers.data_files import exif_rotated, make_image_zoo, photo, save
+from pipeline.data.images import ImageError, canny_edges, load_image, read_image, to_gray
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,20 @@
 """inpaint.py on a real photo of arbitrary size: known pixels bit-exact, the hole filled, errors."""
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
 
-from eval_helpers import make_checkpoint
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
 
 def _inpaint(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "pipeline" / "inpaint.py"), *args],
-                          capture_output=True, text=True, timeout=120)
+    return run_cli("inpaint.py", *args, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO, TINY, tiny_overrides
+from tests.helpers import REPO, TINY, run_cli
+from tests.helpers.training import tiny_overrides
 
 
 def launch(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "pipeline/launch.py", "--cluster", "local",
-                           "--logs", str(tmp_path / "logs"), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli("launch.py", "--cluster", "local", "--logs", tmp_path / "logs", *args,
+                   cwd=REPO, timeout=timeout)
 
 
 def assert_refused(out: subprocess.CompletedProcess, tmp_path: Path, *needles: str) -> None:
@@ -92,7 +92,7 @@ def test_shell_scripts_take_exit_codes_and_requeue_rule_from_python():
 
 
 def test_every_stage_has_its_config_and_sbatch_script():
-    from pipeline.stage_table import STAGES
+    from pipeline.training.stage_table import STAGES
 
     assert {p.stem for p in (REPO / "configs" / "stage").glob("*.yaml")} == set(STAGES)
     scripts = {p.stem for p in (REPO / "slurm").glob("*.sbatch")} - {"eval"}

@@ -3,15 +3,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ops" / "bench"))
-from photo_pool import Photo, random_crops, split  # noqa: E402
+from ops.bench.photo_pool import Photo, random_crops, split
+from tests.helpers import REPO
 
 LEARN = REPO / "ops" / "bench" / "learn.py"
 BUCKETS = ("0-10", "10-20", "20-30", "30-40", "40-50", "50-60")

@@ -1,7 +1,7 @@
 """G2's L1 term: what it scores."""
 import torch
 
-from pipeline.losses import hole_weighted_l1
+from pipeline.training.losses import hole_weighted_l1
 
 
 def test_hole_l1_ignores_the_known_pixels_unless_asked():

@@ -1,4 +1,4 @@
-"""pipeline.masks and `shard.py masks`: buckets, the generator, mask files of every kind."""
+"""pipeline.data.masks and `shard.py masks`: buckets, the generator, mask files of every kind."""
 from __future__ import annotations
 
 import io
@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import read_index, run_shard, write_masks
-from pipeline.masks import (BUCKETS, bucket_name, bucket_of, decode_mask, encode_mask,
-                            generate_mask, hole_ratio, load_mask)
+from tests.helpers.data_files import read_index, run_shard, write_masks
+from pipeline.data.masks import (BUCKETS, bucket_name, bucket_of, decode_mask, encode_mask, generate_mask, hole_ratio, load_mask)
 
 
 def test_bucket_boundaries():

@@ -1,4 +1,4 @@
-"""pipeline.metrics vs scikit-image on real photos, hand-computed cases, the meter and table."""
+"""pipeline.evaluation.metrics vs scikit-image on real photos, hand-computed cases, the meter and table."""
 import math
 
 import numpy as np
@@ -7,9 +7,9 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline.metrics import (BucketMeter, bucket_table, edge_accuracy, flat_metrics, psnr,
-                              score_batch, ssim, summary_from_flat)
-from pipeline.inference import composite
+from pipeline.evaluation.metrics import BucketMeter, edge_accuracy, psnr, score_batch, ssim
+from pipeline.evaluation.tables import bucket_table, flat_metrics, summary_from_flat
+from pipeline.models.contract import composite
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:

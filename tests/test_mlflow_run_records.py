@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -16,8 +15,9 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import PYTHON, REPO, TINY, tiny_overrides
-from eval_helpers import make_checkpoint
+from tests.helpers import REPO, TINY, run_cli
+from tests.helpers.training import tiny_overrides
+from tests.helpers.checkpoints import make_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,7 @@ INPAINT, LOG_MODEL = str(REPO / "pipeline" / "inpaint.py"), str(REPO / "pipeline
 
 def _run(*args: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
     """A CLI as its own process, in `cwd` (a default ./mlflow.db must not land in the repo)."""
-    return subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env=env)
+    return run_cli(args[0], *args[1:], cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +187,7 @@ def test_system_metrics_and_model_can_be_switched_off(sample_shards, tmp_path):
 def test_an_experiment_created_by_a_run_starting_alongside_is_joined(tmp_path):
     """Two runs start at once on a new experiment: both see none, the second's create fails
     because the first's landed in between; it joins that experiment instead of failing."""
-    from pipeline.tracking import experiment_id
+    from pipeline.tracking.runs import experiment_id
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 

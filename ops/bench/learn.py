@@ -45,13 +45,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photo_pool import gather, random_crops, split  # noqa: E402
 
-from pipeline.checkpoint import resolve, verify  # noqa: E402
-from pipeline.cores import usable_cores  # noqa: E402
-from pipeline.data import eval_pairs  # noqa: E402
+from pipeline.training.checkpoint import resolve, verify  # noqa: E402
+from pipeline.data.cores import usable_cores  # noqa: E402
+from pipeline.data.eval_pairs import eval_pairs  # noqa: E402
 from pipeline.exit_codes import refuse  # noqa: E402
-from pipeline.masks import BUCKETS, bucket_name  # noqa: E402
-from pipeline.metrics import OVERALL, bucket_table  # noqa: E402
-from pipeline.tracking import default_uri  # noqa: E402
+from pipeline.data.masks import BUCKETS, bucket_name  # noqa: E402
+from pipeline.evaluation.metrics import OVERALL  # noqa: E402
+from pipeline.evaluation.tables import bucket_table
+from pipeline.tracking.runs import default_uri  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "dina-bench-learn"

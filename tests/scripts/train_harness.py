@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import load_config, split_args
-from pipeline.train import Trainer, configure_logging
+from pipeline.training.trainer import Trainer
+from pipeline.training.trainer import configure_logging
 
 
 class PoisonedBatches:
@@ -59,7 +60,7 @@ def main() -> None:
     if steps and args.poison_rank in (None, rank):
         trainer.loader = PoisonedBatches(trainer.loader, steps, trainer.step,
                                          trainer.cfg.train.grad_accum)
-    result = trainer.fit()
+    result = trainer.train()
     if args.digest_dir:
         args.digest_dir.mkdir(parents=True, exist_ok=True)
         digests = {name: digest(trainer.accelerator.unwrap_model(trainer.ctx.nets[name]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.inference import Fill
-from pipeline.metrics import uint8_images
+from pipeline.evaluation.inference import Fill
+from pipeline.data.decode import float_images, uint8_images
 from pipeline.models.coarse_fill import pull_push_fill
 
 TELEA_RADIUS = 3  # OpenCV's documented example radius
@@ -26,8 +26,7 @@ def telea_fill(batch: dict) -> torch.Tensor:
     holes = (batch["mask"][:, 0] > 0.5).to(torch.uint8).cpu().numpy()
     filled = [cv2.inpaint(rgb, hole, TELEA_RADIUS, cv2.INPAINT_TELEA)
               for rgb, hole in zip(uint8_images(batch["image"]), holes)]
-    out = torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float() / 255
-    return out.to(batch["image"])
+    return float_images(np.stack(filled)).to(batch["image"])
 
 
 def pull_push(batch: dict) -> torch.Tensor:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 START, STOP = REPO / "ops" / "mlflow" / "start.sh", REPO / "ops" / "mlflow" / "stop.sh"
 
 

@@ -11,16 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tests.helpers import REPO, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 SHARD = [sys.executable, str(REPO / "pipeline" / "shard.py")]
 
 
 def run_shard(*args, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*SHARD, *map(str, args)], capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"shard.py {args} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+    return run_cli("shard.py", *args, check=check, timeout=120)
 
 
 def read_index(folder: Path) -> dict:

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.images import Source, center_square, open_image
+from pipeline.data.images import Source, center_square, open_image
 
 # The paper's hole-area groups; bucket i holds ratios in (lo, hi].
 BUCKETS = [(i / 10, (i + 1) / 10) for i in range(6)]
@@ -57,12 +57,15 @@ def load_mask(source: Source, size: int, invert: bool = False) -> np.ndarray:
     hole = mask_levels(open_image(source)) >= 0.5
     if invert:
         hole = ~hole
-    hole = center_square(hole)
-    if hole.shape[0] != size:
-        resized = Image.fromarray(hole.astype(np.uint8) * 255).resize(
-            (size, size), Image.Resampling.NEAREST)
-        hole = np.asarray(resized) >= 128
-    return hole.astype(np.uint8)
+    return resize_mask(center_square(hole).astype(np.uint8), size)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A square HxW {0,1} mask at size x size (nearest neighbour: it stays binary)."""
+    if mask.shape[0] == size:
+        return mask
+    resized = Image.fromarray(mask * 255).resize((size, size), Image.Resampling.NEAREST)
+    return (np.asarray(resized) >= 128).astype(np.uint8)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

@@ -20,13 +20,12 @@ renders the paper's Table 1 layout (rows: metric × run, columns: buckets).
 """
 from __future__ import annotations
 
-import math
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Sequence, Union
 
-import numpy as np
 import torch
 
-from pipeline.masks import BUCKETS, bucket_name
+from pipeline.data.decode import to_uint8
+from pipeline.data.masks import BUCKETS, bucket_name
 
 DATA_RANGE = 255.0
 SSIM_SIGMA = 1.5
@@ -108,16 +107,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ssim_map.flatten(1).mean(dim=1)
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float image(s) in [0, 1] -> uint8 in [0, 255], rounded as a PNG writer would store them."""
-    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def uint8_images(batch: torch.Tensor) -> list[np.ndarray]:
-    """[B,3,H,W] in [0, 1] -> list of HxWx3 uint8 arrays (for OpenCV, skimage, PIL)."""
-    return list(to_uint8(batch).permute(0, 2, 3, 1).cpu().numpy())
-
-
 def score_batch(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (psnr [B], ssim [B]) of [B,3,H,W] float images in [0, 1], on CPU.
 
@@ -185,66 +174,3 @@ class BucketMeter:
         return out
 
 
-def flat_metrics(summary: Mapping[str, Mapping[str, float]], prefix: str = "") -> dict[str, float]:
-    """Summary -> {"psnr/0-10": ..., "ssim/overall": ...} for MLflow (names allow '/' and '-')."""
-    return {f"{prefix}{metric}/{column}": float(values[metric])
-            for column, values in summary.items() for metric in METRICS}
-
-
-def summary_from_flat(metrics: Mapping[str, float], prefix: str = ""
-                      ) -> dict[str, dict[str, float]]:
-    """Inverse of `flat_metrics` (without "n"): MLflow metrics -> summary."""
-    out: dict[str, dict[str, float]] = {}
-    for column in bucket_columns():
-        values = {m: metrics[f"{prefix}{m}/{column}"] for m in METRICS
-                  if f"{prefix}{m}/{column}" in metrics}
-        if values:
-            out[column] = values
-    return out
-
-
-def table_rows(runs: Mapping[str, Mapping[str, Mapping[str, float]]]
-               ) -> list[tuple[str, str, list[Optional[float]]]]:
-    """(metric, run, [value per column or None]) for each metric, then each run, in order."""
-    columns = bucket_columns()
-    return [(metric, run, [summary.get(c, {}).get(metric) for c in columns])
-            for metric in METRICS for run, summary in runs.items()]
-
-
-def best_per_column(rows: Iterable[tuple[str, str, list[Optional[float]]]]
-                    ) -> dict[tuple[str, int], float]:
-    """(metric, column index) -> best value (both metrics: higher is better)."""
-    best: dict[tuple[str, int], float] = {}
-    for metric, _, values in rows:
-        for j, v in enumerate(values):
-            if v is not None and not math.isnan(v) and v > best.get((metric, j), -math.inf):
-                best[(metric, j)] = v
-    return best
-
-
-def _fmt(metric: str, value: Optional[float]) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
-
-
-def bucket_table(runs: Mapping[str, Mapping[str, Mapping[str, float]]],
-                 mark_best: bool = False) -> str:
-    """Markdown table in the paper's layout: rows metric × run, columns hole-ratio buckets.
-
-    `runs` maps a row label to a summary (`BucketMeter.summary()` shape). With `mark_best`,
-    the best value of each metric in each column is bold (compared at the printed precision).
-    """
-    rows = table_rows(runs)
-    best = best_per_column(rows) if mark_best else {}
-    header = ["Metric", "Run"] + [c if c == OVERALL else f"{c} %" for c in bucket_columns()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for metric, run, values in rows:
-        cells = []
-        for j, v in enumerate(values):
-            text = _fmt(metric, v)
-            if (metric, j) in best and text == _fmt(metric, best[(metric, j)]):
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append("| " + " | ".join([metric.upper(), run.replace("|", "/")] + cells) + " |")
-    return "\n".join(lines) + "\n"

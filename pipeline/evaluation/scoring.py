@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.inference import Fill, composite
-from pipeline.masks import bucket_name
-from pipeline.metrics import BucketMeter, score_batch, uint8_images
+from pipeline.evaluation.inference import Fill
+from pipeline.models.contract import composite
+from pipeline.data.masks import bucket_name
+from pipeline.data.decode import uint8_images
+from pipeline.evaluation.metrics import BucketMeter, score_batch
 
 
 def image_filename(key: str, bucket: int) -> str:

@@ -16,7 +16,7 @@ import pytorch_optimizer
 import torch
 from torch import nn
 
-from pipeline.ranger21 import Ranger21
+from pipeline.training.ranger21 import Ranger21
 
 RANGER21 = {"ranger21": Ranger21, "ranger21-reference": pytorch_optimizer.Ranger21}
 

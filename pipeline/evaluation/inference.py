@@ -15,11 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.checkpoint import (CheckpointError, generator_states, holds_ema, pick_weights,
-                                 resolve)
-from pipeline.images import canny_edges
-from pipeline.metrics import uint8_images
-from pipeline.networks import build_network
+from pipeline.training.checkpoint import (CheckpointError, generator_states, holds_ema, pick_weights, resolve)
+from pipeline.data.images import canny_edges
+from pipeline.data.decode import uint8_images
+from pipeline.models.factory import build_network
+
+from pipeline.models.contract import inpaint
 
 # batch (tensors on the device) -> prediction [B,3,H,W] in [0, 1], to be composited
 Fill = Callable[[dict], torch.Tensor]
@@ -27,29 +28,6 @@ Fill = Callable[[dict], torch.Tensor]
 
 class InferenceError(RuntimeError):
     """A checkpoint that cannot inpaint; the message says why."""
-
-
-def edge_inputs(batch: dict) -> torch.Tensor:
-    """G1 sees the masked grayscale image (holes white, as EdgeConnect), masked edges and the mask."""
-    mask = batch["mask"]
-    gray = batch["gray"] * (1 - mask) + mask
-    return torch.cat([gray, batch["edge"] * (1 - mask), mask], dim=1)
-
-
-def texture_inputs(image: torch.Tensor, edge: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """G2 sees the masked image I*(1-M) and the completed edge map (paper eq. 3), and the mask
-    where model.hole_mask_channel is on (G2 drops the channel otherwise)."""
-    return torch.cat([image * (1 - mask), edge, mask], dim=1)
-
-
-def composite(pred: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Prediction in the hole, known pixels kept bit-exact outside it."""
-    return torch.where(mask > 0.5, pred.to(known.dtype), known)
-
-
-def complete_edges(g1: nn.Module, batch: dict) -> torch.Tensor:
-    """C_comp = C_pred in the hole, the batch's (known-region) edges elsewhere."""
-    return composite(g1(edge_inputs(batch)), batch["edge"], batch["mask"])
 
 
 def known_region_edges(batch: dict) -> torch.Tensor:
@@ -62,15 +40,6 @@ def known_region_edges(batch: dict) -> torch.Tensor:
     known = (batch["mask"][:, 0] < 0.5).cpu().numpy()
     edges = [canny_edges(rgb, known=k) > 0 for rgb, k in zip(uint8_images(batch["image"]), known)]
     return torch.from_numpy(np.stack(edges)).unsqueeze(1).to(batch["edge"])
-
-
-@torch.no_grad()
-def inpaint(g1: Optional[nn.Module], g2: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """G1 completes the batch's edges (kept as they are without G1), G2 fills the hole; returns
-    (composited output, edges)."""
-    edges = complete_edges(g1, batch) if g1 is not None else batch["edge"]
-    output = g2(texture_inputs(batch["image"], edges, batch["mask"]))
-    return composite(output, batch["image"], batch["mask"]), edges
 
 
 def model_fill(g1: nn.Module, g2: nn.Module) -> Fill:

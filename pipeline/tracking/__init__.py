@@ -1,0 +1,3 @@
+"""Tracking: MLflow runs, their records (datasets, checkpoints, evaluations) and the logged model.
+Only the trainer and the entry points import it.
+"""

@@ -1,0 +1,63 @@
+"""Stop requests: SIGTERM/SIGUSR1 end training at the next step boundary with a checkpoint; a
+second signal ends it at once; a stuck data stream cannot hold a stop for long.
+"""
+from __future__ import annotations
+
+import logging
+
+import os
+import signal
+import sys
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+
+
+class StoppedWhileWaiting(BaseException):
+    """No batch came within DATA_GRACE_S of a stop signal. A BaseException, so that the data
+    code's `except Exception` (skip a bad sample, go on) cannot swallow it."""
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeue. A second signal: exit now.
+    If the next batch does not come within DATA_GRACE_S of the signal, stop without one."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.waiting_for_data = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+        signal.signal(signal.SIGALRM, self._give_up)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            log.error("second signal %s: exiting at once", signal.Signals(signum).name)
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        log.warning("%s received: stopping after this step with a checkpoint",
+                    signal.Signals(signum).name)
+        if self.waiting_for_data:
+            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
+
+    def _give_up(self, signum, frame):
+        if self.waiting_for_data:
+            raise StoppedWhileWaiting(signal.Signals(self.signum).name)
+
+    def next_batch(self, batches):
+        """next(batches); after a stop signal, given at most DATA_GRACE_S."""
+        self.waiting_for_data = True
+        if self.signum is not None:
+            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
+        try:
+            return next(batches)
+        finally:
+            self.waiting_for_data = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+# after a stop signal, how long the loop still waits for a batch before it gives up on the
+# checkpoint and stops at once (a stuck or endlessly bad data stream must not block a stop)
+DATA_GRACE_S = 20.0
