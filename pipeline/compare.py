@@ -14,154 +14,16 @@ artifacts of a new comparison run.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
-from typing import Optional
-
-import yaml
 
 from pipeline import exit_codes
-from pipeline.data.masks import BUCKETS
-from pipeline.tracking.runs import DEFAULT_EXPERIMENT, default_uri, experiment_id
-from pipeline.evaluation.metrics import METRICS, OVERALL, bucket_columns
-from pipeline.evaluation.tables import best_per_column, bucket_table, summary_from_flat, table_rows
-
-EVALUATION_FILTER = "tags.`dina.kind` = 'evaluation' and attributes.status = 'FINISHED'"
-
-
-class CompareError(RuntimeError):
-    """A bad input to the comparison; the message names it."""
-
-
-def load_reference(path: str) -> dict[str, dict]:
-    """Reference YAML (configs/reference/*.yaml) -> {row label: summary}; null cells dropped."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise CompareError(f"reference file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise CompareError(f"reference file {path} is not valid YAML: {err}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
-        raise CompareError(f"reference file {path}: expected a mapping with a 'rows' list")
-    columns, out = set(bucket_columns()), {}
-    for i, row in enumerate(doc["rows"]):
-        if not isinstance(row, dict) or not row.get("name"):
-            raise CompareError(f"reference file {path}: rows[{i}] needs a 'name'")
-        summary: dict[str, dict[str, float]] = {}
-        for metric in METRICS:
-            for column, value in (row.get(metric) or {}).items():
-                if str(column) not in columns:
-                    raise CompareError(f"reference file {path}: rows[{i}].{metric} has unknown "
-                                       f"bucket '{column}' (use {', '.join(bucket_columns())})")
-                if value is not None:
-                    summary.setdefault(str(column), {})[metric] = float(value)
-        if summary:
-            out[str(row["name"])] = summary
-        else:
-            print(f"compare.py: warning: reference row '{row['name']}' in {path} has no values "
-                  f"(fill it from the paper); skipped", file=sys.stderr)
-    return out
-
-
-def find_runs(client, run_ids: list[str], experiments: list[str], filter_string: Optional[str]):
-    """The runs to compare: the given ids, else finished evaluation runs of the experiments."""
-    from mlflow.exceptions import MlflowException
-
-    if run_ids:
-        runs = []
-        for run_id in run_ids:
-            try:
-                runs.append(client.get_run(run_id))
-            except MlflowException as err:
-                raise CompareError(f"run '{run_id}' not found: {err.message}") from None
-        return runs
-    ids = []
-    for name in experiments:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise CompareError(f"experiment '{name}' not found")
-        ids.append(found.experiment_id)
-    query = EVALUATION_FILTER + (f" and {filter_string}" if filter_string else "")
-    try:
-        runs = client.search_runs(ids, filter_string=query, order_by=["attributes.start_time ASC"])
-    except MlflowException as err:
-        raise CompareError(f"bad --filter '{filter_string}': {err.message}") from None
-    if not runs:
-        raise CompareError(f"no finished evaluation runs in experiment(s) "
-                           f"{', '.join(experiments)} match: {query}")
-    return runs
-
-
-def run_summaries(runs) -> tuple[dict[str, dict], list]:
-    """({row label: summary}, the runs in it); the label is the run name, with a short id where
-    names repeat. A run without per-bucket metrics (a crashed or unrelated run) is skipped with
-    a warning; none with metrics at all is an error."""
-    names = [r.info.run_name or r.info.run_id for r in runs]
-    out, used = {}, []
-    for run, name in zip(runs, names):
-        summary = summary_from_flat(run.data.metrics)
-        if not any(c != OVERALL for c in summary):
-            print(f"compare.py: warning: run {run.info.run_id} ('{name}') has no psnr/<bucket> "
-                  f"or ssim/<bucket> metrics; left out of the table", file=sys.stderr)
-            continue
-        label = f"{name} ({run.info.run_id[:8]})" if names.count(name) > 1 else name
-        out[label] = summary
-        used.append(run)
-    if not out:
-        raise CompareError(f"none of the {len(runs)} run(s) has psnr/<bucket> or ssim/<bucket> "
-                           f"metrics: is it an evaluation run?")
-    return out, used
-
-
-def write_csv(runs: dict[str, dict], path: Path) -> None:
-    rows = table_rows(runs)
-    best = best_per_column(rows)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        columns = bucket_columns()
-        writer.writerow(["metric", "run", *columns, "best_in"])
-        for metric, run, values in rows:
-            best_in = [columns[j] for j, v in enumerate(values) if v is not None
-                       and best.get((metric, j)) == v]
-            writer.writerow([metric, run, *["" if v is None else repr(v) for v in values],
-                             " ".join(best_in)])
-
-
-def write_plot(runs: dict[str, dict], references: set[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    buckets = [c for c in bucket_columns() if c != OVERALL]
-    centres = [100 * (lo + hi) / 2 for lo, hi in BUCKETS]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric in zip(axes, METRICS):
-        for label, summary in runs.items():
-            points = [(x, summary[b][metric]) for x, b in zip(centres, buckets)
-                      if metric in summary.get(b, {})]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=label,
-                        linestyle="--" if label in references else "-")
-        ax.set_xlabel("hole ratio (mask bucket)")
-        ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
-        ax.set_xticks(centres, [f"{b} %" for b in buckets])
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def log_comparison(client, experiment: str, out: Path, runs) -> str:
-    run = client.create_run(experiment_id(client, experiment), run_name="comparison", tags={
-        "dina.kind": "comparison", "dina.compared_runs": " ".join(r.info.run_id for r in runs)})
-    for name in ("table.md", "table.csv", "plot.png"):
-        client.log_artifact(run.info.run_id, str(out / name))
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+from pipeline.evaluation.plots import write_csv, write_plot
+from pipeline.evaluation.reference import CompareError, load_reference
+from pipeline.evaluation.tables import bucket_table
+from pipeline.tracking.comparison import find_runs, log_comparison, run_summaries
+from pipeline.tracking.runs import DEFAULT_EXPERIMENT, default_uri
 
 
 def parse_args(argv=None) -> argparse.Namespace:

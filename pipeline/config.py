@@ -86,7 +86,7 @@ class LossConfig:
     l1: float = 1.0
     # G2's L1 also scores its raw output on the known pixels, as EdgeConnect's does. From the
     # coarse fill this teaches G2 to leave the fill alone where it is right; scored on the hole
-    # only, Ranger21 walks G2 away from the fill (the learning benchmark loses 1 dB in 800 steps)
+    # only, nothing holds G2 to the fill it starts from
     l1_known_pixels: bool = True
     adv_texture: float = 0.1  # G2 adversarial
     perceptual: float = 0.1
@@ -128,11 +128,11 @@ class TrainConfig:
     ckpt_every: int = 1000
     ckpt_limit: int = 3  # keep this many newest checkpoints
     resume: Optional[str] = None  # "latest" or a checkpoint path
-    # where pretrained generators come from (pipeline/training/stage_table.py: which stage needs which)
+    # where pretrained generators come from (training/stage_table.py: which stage needs which)
     edge_checkpoint: Optional[str] = None  # G1
     texture_checkpoint: Optional[str] = None  # G2
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
-    # decay of the generators' weight EMA (pipeline/ema.py), 0 = off; validation, evaluate.py
+    # decay of the generators' weight EMA (training/ema.py), 0 = off; validation, evaluate.py
     # and inpaint.py use the EMA by default
     ema: float = 0.999
 
@@ -235,6 +235,13 @@ def _check(ok: bool, key: str, msg: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express."""
+    _validate_choices(cfg)
+    _validate_sizes(cfg)
+    _validate_attention(cfg)
+    _validate_optim(cfg)
+
+
+def _validate_choices(cfg: DictConfig) -> None:
     t, m, d = cfg.train, cfg.model, cfg.data
     _check(t.stage in STAGES, "train.stage", f"'{t.stage}' is not one of {', '.join(STAGES)}")
     _check(m.attention.backend in BACKENDS, "model.attention.backend",
@@ -248,6 +255,15 @@ def validate(cfg: DictConfig) -> None:
     _check(d.resume in ("skip", "reseed"), "data.resume", "must be 'skip' or 'reseed'")
     _check(cfg.optim.name in ("ranger21", "ranger21-reference", "adam"), "optim.name",
            "must be 'ranger21', 'ranger21-reference' or 'adam'")
+    for generator in STAGES[t.stage].needs:
+        key = CHECKPOINT_KEY[generator]
+        _check(bool(OmegaConf.select(cfg, key)), key,
+               f"stage '{t.stage}' needs a trained {GENERATOR_NAMES[generator]} (a checkpoint "
+               f"of a stage that trains it)")
+
+
+def _validate_sizes(cfg: DictConfig) -> None:
+    t, m, d = cfg.train, cfg.model, cfg.data
     _check(t.steps > 0, "train.steps", "must be positive")
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     _check(t.ckpt_every > 0 and t.log_every > 0 and t.val_every > 0, "train.ckpt_every",
@@ -269,27 +285,30 @@ def validate(cfg: DictConfig) -> None:
     _check(d.image_size % 4 == 0 and d.image_size >= 16, "data.image_size",
            "must be a multiple of 4 (two stride-2 downsamplings), at least 16")
     _check(m.blocks >= 1, "model.blocks", "must be >= 1")
+
+
+def _validate_attention(cfg: DictConfig) -> None:
+    m, d = cfg.model, cfg.data
     a = m.attention
-    if a.enabled:
-        _check(len(a.dilations) == m.blocks, "model.attention.dilations",
-               f"needs one dilation per block ({m.blocks}), got {len(a.dilations)}")
-        _check(all(x >= 1 for x in a.dilations), "model.attention.dilations", "must be >= 1")
-        _check(a.kernel_size % 2 == 1 and a.kernel_size > 1, "model.attention.kernel_size",
-               "must be odd and > 1")
-        _check((4 * m.channels) % a.heads == 0, "model.attention.heads",
-               f"must divide the attention width {4 * m.channels}")
-        feature = d.image_size // 4
-        worst = max(a.dilations) * a.kernel_size
-        _check(worst <= feature, "model.attention.dilations",
-               f"kernel_size*dilation = {worst} exceeds the {feature}x{feature} feature map "
-               f"of a {d.image_size}px image")
-        _check(not (a.bias and a.backend == "natten"), "model.attention.bias",
-               "natten has no relative position bias; set bias=false or another backend")
-    for generator in STAGES[t.stage].needs:
-        key = CHECKPOINT_KEY[generator]
-        _check(bool(OmegaConf.select(cfg, key)), key,
-               f"stage '{t.stage}' needs a trained {GENERATOR_NAMES[generator]} (a checkpoint "
-               f"of a stage that trains it)")
+    if not a.enabled:
+        return
+    _check(len(a.dilations) == m.blocks, "model.attention.dilations",
+           f"needs one dilation per block ({m.blocks}), got {len(a.dilations)}")
+    _check(all(x >= 1 for x in a.dilations), "model.attention.dilations", "must be >= 1")
+    _check(a.kernel_size % 2 == 1 and a.kernel_size > 1, "model.attention.kernel_size",
+           "must be odd and > 1")
+    _check((4 * m.channels) % a.heads == 0, "model.attention.heads",
+           f"must divide the attention width {4 * m.channels}")
+    feature = d.image_size // 4
+    worst = max(a.dilations) * a.kernel_size
+    _check(worst <= feature, "model.attention.dilations",
+           f"kernel_size*dilation = {worst} exceeds the {feature}x{feature} feature map "
+           f"of a {d.image_size}px image")
+    _check(not (a.bias and a.backend == "natten"), "model.attention.bias",
+           "natten has no relative position bias; set bias=false or another backend")
+
+
+def _validate_optim(cfg: DictConfig) -> None:
     o = cfg.optim
     for key in ("g_lr", "d_lr"):
         _check(o[key] > 0, f"optim.{key}", "must be positive")

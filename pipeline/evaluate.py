@@ -6,9 +6,10 @@
 Every test image is scored once in every bucket (0-10 % ... 50-60 %), paired with a mask by
 `pipeline.data.eval_pairs`'s fixed rule, so two evaluations see identical inputs. The method
 fills the hole, the output is composited (known pixels kept) and scored with PSNR / SSIM on RGB
-at [0, 255] by pipeline.scoring, as training validation is. Methods: `model` (G1 -> G2 from a
-checkpoint, edges from Canny on the known region as at test time, pipeline.inference), and three
-baselines through the same code (pipeline.baselines): `mean` (hole filled with the known
+at [0, 255] by pipeline.evaluation.scoring, as training validation is. Methods: `model` (G1 -> G2
+from a checkpoint, edges from Canny on the known region as at test time,
+pipeline.evaluation.inference), and three baselines through the same code
+(pipeline.evaluation.baselines): `mean` (hole filled with the known
 region's mean colour), `telea` (OpenCV's cv2.inpaint, Telea) and `pull-push` (the smooth fill
 G2 starts from with model.coarse_fill=pull-push).
 
@@ -24,23 +25,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from pipeline import exit_codes
-from pipeline.evaluation.baselines import BASELINES
-from pipeline.evaluation.inference import Fill, InferenceError, load_model, model_fill
-from pipeline.evaluation.tables import bucket_table
+from pipeline.data.eval_pairs import eval_loader, eval_pairs
+from pipeline.data.shards import DataError
+from pipeline.evaluation.inference import InferenceError
+from pipeline.evaluation.methods import METHODS, load_fill
+from pipeline.evaluation.results import write_results
 from pipeline.evaluation.scoring import evaluate
-
 from pipeline.tracking.evaluation_runs import log_to_mlflow
-
-METHODS = ("model", *BASELINES)
-
-
-class EvaluationError(RuntimeError):
-    """A bad input to evaluation; the message names it."""
+from pipeline.tracking.model_source import ModelSourceError, local_checkpoint
+from pipeline.tracking.runs import default_uri
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,30 +90,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_method(args: argparse.Namespace) -> tuple[Fill, Optional[dict], int]:
-    """(fill, checkpoint info or None, image size) for the chosen method."""
-    if args.method != "model":
-        return BASELINES[args.method], None, args.image_size or 256
-    from pipeline.tracking.model_source import local_checkpoint
-    from pipeline.tracking.runs import default_uri
-
-    checkpoint = local_checkpoint(args.checkpoint, args.tracking_uri or default_uri())
-    g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device, args.raw_weights)
-    return model_fill(g1, g2), info, args.image_size or int(info["cfg"].data.image_size)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from pipeline.data.eval_pairs import eval_loader, eval_pairs
-
     try:
-        fill, info, size = load_method(args)
+        checkpoint = args.checkpoint and local_checkpoint(args.checkpoint,
+                                                          args.tracking_uri or default_uri())
+        fill, info = load_fill(args.method, checkpoint, args.edge_checkpoint, args.device,
+                               args.raw_weights)
+        size = args.image_size or (int(info["cfg"].data.image_size) if info else 256)
         pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
-        if not pairs:
-            raise EvaluationError(f"no image/mask pairs from --images {args.images} and "
-                                  f"--masks {args.masks}")
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
-    except (EvaluationError, InferenceError, FileNotFoundError, ValueError) as err:
+    except (InferenceError, ModelSourceError, DataError, FileNotFoundError, ValueError) as err:
         exit_codes.refuse(f"evaluate.py: error: {err}")
 
     out = Path(args.out)
@@ -127,15 +111,10 @@ def main(argv=None) -> None:
     seconds = time.perf_counter() - start
 
     label = args.method if info is None else f"{args.method} ({Path(info['path']).name})"
-    table = bucket_table({label: summary})
-    (out / "pairs.json").write_text(json.dumps(per_image, indent=1))
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    (out / "table.md").write_text(table)
     timing = {"images": len(per_image), "seconds": seconds,
               "images_per_s": len(per_image) / seconds, "device": str(args.device),
               "batch_size": args.batch_size, "image_size": size}
-    (out / "timing.json").write_text(json.dumps(timing, indent=1))
-    print(table)
+    print(write_results(out, label, summary, per_image, timing))
     print(f"{len(per_image)} images in {seconds:.1f} s ({timing['images_per_s']:.3g} images/s "
           f"on {args.device}); results in {out}")
     if not args.no_mlflow:
@@ -144,6 +123,8 @@ def main(argv=None) -> None:
         except Exception as err:  # noqa: BLE001 - any MLflow failure: results are on disk
             sys.exit(f"evaluate.py: error: logging to MLflow failed ({err}); the results are in "
                      f"{out}; rerun with --no-mlflow or another --tracking-uri")
+        # the run's id beside its results: scripts find the run without searching MLflow
+        (out / "run.json").write_text(json.dumps({"run_id": run_id}) + "\n")
         print(f"MLflow evaluation run {run_id}")
 
 

@@ -16,10 +16,11 @@ import json
 import sys
 
 from pipeline import exit_codes
-from pipeline.training.checkpoint import CheckpointError, resolve
 from pipeline.tracking.logged_model import can_inpaint, log_checkpoint
 from pipeline.tracking.model_source import URI_SCHEMES
 from pipeline.tracking.runs import default_uri
+from pipeline.training.checkpoint import CheckpointError, resolve
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Log a checkpoint's generators as an MLflow model "
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def fail(message: str) -> None:
+def _fail(message: str) -> None:
     exit_codes.refuse(f"log_model.py: error: {message}")
 
 
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
         else:
             path = resolve(args.source)
             if not can_inpaint(path):
-                fail(f"{path} holds no G1+G2 pair (an edge-stage checkpoint cannot inpaint)")
+                _fail(f"{path} holds no G1+G2 pair (an edge-stage checkpoint cannot inpaint)")
             meta = json.loads((path / "meta.json").read_text())
             uri = args.tracking_uri or meta.get("mlflow_tracking_uri") or uri
             model_uri = f"models:/{log_checkpoint(path, uri, args.run_id)}"
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
             version = mlflow.register_model(model_uri, args.register)
             print(f"registered {model_uri} as models:/{version.name}/{version.version}")
     except CheckpointError as err:
-        fail(str(err))
+        _fail(str(err))
     except MlflowException as err:
         sys.exit(f"log_model.py: error: MLflow at {uri}: {err.message.splitlines()[0]}")
 

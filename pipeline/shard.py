@@ -20,10 +20,8 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-
 from pipeline import exit_codes
 from pipeline.data.cores import usable_cores
-
 from pipeline.data.samples import JPEG_QUALITY
 from pipeline.data.shard_commands import cmd_dataset, cmd_images, cmd_masks, cmd_sample
 from pipeline.data.shard_writer import ShardError

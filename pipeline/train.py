@@ -20,14 +20,11 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-
 from pipeline import exit_codes
-
-from pipeline.training import checkpoint
-from pipeline.training.assemble import SetupError
 from pipeline.config import ConfigError, split_args
 from pipeline.data.shards import DataError
-
+from pipeline.training import checkpoint
+from pipeline.training.assemble import SetupError
 from pipeline.training.trainer import configure_logging, run
 
 

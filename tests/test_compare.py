@@ -7,6 +7,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from PIL import Image
+
 from tests.helpers import REPO, run_cli
 
 BUCKETS = ["0-10", "10-20", "20-30", "30-40", "40-50", "50-60"]

@@ -7,7 +7,6 @@ from torch._dynamo.utils import counters
 
 from pipeline.config import load_config
 from pipeline.models.factory import build_network
-
 from tests.helpers import TINY, run_cli
 
 

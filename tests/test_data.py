@@ -1,4 +1,4 @@
-"""pipeline.data.stream and shards: shard specs, the training stream (determinism, resume, DDP split, bad data)
+"""pipeline.data: shard specs, the training stream (determinism, resume, DDP split, bad data)
 and the evaluation pairing."""
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers.data_files import photo, run_shard, save
 from pipeline.config import DataConfig
-from pipeline.data.shards import DataError, resolve_shards
 from pipeline.data.eval_pairs import eval_loader, eval_pairs
-from pipeline.data.stream import train_loader
 from pipeline.data.images import GRAY_WEIGHTS
 from pipeline.data.shard_writer import ShardWriter
+from pipeline.data.shards import DataError, resolve_shards
+from pipeline.data.stream import train_loader
+from tests.helpers.data_files import photo, run_shard, save
 
 SIZE = 32
 

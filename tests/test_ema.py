@@ -12,13 +12,13 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
+from pipeline.config import ConfigError, load_config
+from pipeline.evaluation.inference import load_model
+from pipeline.training.checkpoint import generator_states
+from pipeline.training.ema import GeneratorEMA
 from tests.helpers import TINY, run_cli
 from tests.helpers.checkpoints import make_checkpoint
 from tests.helpers.training import harness
-from pipeline.training.checkpoint import generator_states
-from pipeline.config import ConfigError, load_config
-from pipeline.training.ema import GeneratorEMA
-from pipeline.evaluation.inference import load_model
 
 
 def test_update_follows_the_hand_computed_average():

@@ -9,11 +9,11 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tests.helpers.checkpoints import make_checkpoint
 from pipeline.data.eval_pairs import eval_loader, eval_pairs
 from pipeline.evaluation.baselines import mean_fill, pull_push, telea_fill
 from pipeline.evaluation.scoring import evaluate
 from tests.helpers import run_cli
+from tests.helpers.checkpoints import make_checkpoint
 
 BUCKETS = ["0-10", "10-20", "20-30", "30-40", "40-50", "50-60"]
 

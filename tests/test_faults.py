@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, TINY
-from tests.helpers.training import harness, only_run, start_training, tiny_overrides, wait_for
-from tests.helpers.mlflow_server import free_port, start_server, stop_server
 from pipeline.training import checkpoint
+from tests.helpers import PYTHON, REPO, TINY
+from tests.helpers.mlflow_server import free_port, start_server, stop_server
 from tests.helpers.small_disk import small_disk
-from tests.helpers.training import assert_identical, final_tensors, train_cli
+from tests.helpers.training import (assert_identical, final_tensors, harness, only_run,
+                                    start_training, tiny_overrides, train_cli, wait_for)
 
 TRAIN = str(REPO / "pipeline" / "train.py")
 

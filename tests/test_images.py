@@ -7,8 +7,8 @@ from PIL import Image
 from skimage.color import rgb2gray
 from skimage.feature import canny
 
-from tests.helpers.data_files import exif_rotated, make_image_zoo, photo, save
 from pipeline.data.images import ImageError, canny_edges, load_image, read_image, to_gray
+from tests.helpers.data_files import exif_rotated, make_image_zoo, photo, save
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from tests.helpers.checkpoints import make_checkpoint
 from tests.helpers import run_cli
-
+from tests.helpers.checkpoints import make_checkpoint
 
 pytestmark = pytest.mark.slow
 

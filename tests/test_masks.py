@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.masks import (BUCKETS, bucket_name, bucket_of, decode_mask, encode_mask,
+                                 generate_mask, hole_ratio, load_mask)
 from tests.helpers.data_files import read_index, run_shard, write_masks
-from pipeline.data.masks import (BUCKETS, bucket_name, bucket_of, decode_mask, encode_mask, generate_mask, hole_ratio, load_mask)
 
 
 def test_bucket_boundaries():

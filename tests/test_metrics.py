@@ -1,4 +1,4 @@
-"""pipeline.evaluation.metrics vs scikit-image on real photos, hand-computed cases, the meter and table."""
+"""evaluation.metrics vs scikit-image on real photos, hand-computed cases, the meter and table."""
 import math
 
 import numpy as np

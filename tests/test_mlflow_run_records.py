@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tests.helpers import REPO, TINY, run_cli
-from tests.helpers.training import tiny_overrides
 from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.training import tiny_overrides
 
 pytestmark = pytest.mark.slow
 

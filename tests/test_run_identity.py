@@ -3,10 +3,10 @@ import json
 import random
 import shutil
 
-from tests.helpers import TINY
 from pipeline.config import load_config
 from pipeline.tracking.dataset_inputs import dataset_input, describe, spec_name
 from pipeline.tracking.runs import default_run_name
+from tests.helpers import TINY
 
 
 def test_run_names_differ_although_random_is_seeded(monkeypatch):

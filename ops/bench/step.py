@@ -1,6 +1,6 @@
 """Benchmark: one full GAN training step (D then G, every loss incl. VGG) per stage.
 
-Times the real step function of pipeline/training/steps.py on synthetic batches of the right shape (the
+Times the real step function of training/steps.py on synthetic batches of the right shape (the
 data stream has its own benchmark, ops/bench/data.py), for these variants, all in one run:
   dina-<backend>  the paper's model with each DiNA backend available on the device
   no-attention    the same model without DiNA modules
@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from syncs import host_syncs, profiled
 
-from pipeline.training.assemble import build_networks, build_step_context
 from pipeline.config import load_config
 from pipeline.data.masks import generate_mask
 from pipeline.models.dina import resolve_backend
+from pipeline.training.assemble import build_networks, build_step_context
 from pipeline.training.steps import agree_on_step, step_function
-from syncs import host_syncs, profiled
 
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = {  # config files + overrides per preset

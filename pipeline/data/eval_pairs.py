@@ -7,7 +7,6 @@ hole_ratio (float).
 from __future__ import annotations
 
 import logging
-
 from functools import partial
 from typing import Callable, Optional, Sequence
 
@@ -17,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.decode import collate, image_and_edge
 from pipeline.data.images import IMAGE_EXTS, canny_edges, find_inputs, load_image, natural_key
-from pipeline.data.masks import (BUCKETS, bucket_name, bucket_of, decode_mask, hole_ratio, load_mask,
-                                 resize_mask)
+from pipeline.data.masks import (BUCKETS, bucket_name, bucket_of, decode_mask, hole_ratio,
+                                 load_mask, resize_mask)
 from pipeline.data.shards import DataError, has_shards, read_at, resolve_shards, tar_members
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data.images import ImageError, ImageInput, canny_edges, read_image
-from pipeline.data.masks import BUCKETS, bucket_name, bucket_of, encode_mask, generate_mask, hole_ratio, load_mask
-
-
-
+from pipeline.data.masks import (BUCKETS, bucket_name, bucket_of, encode_mask, generate_mask,
+                                 hole_ratio, load_mask)
 
 JPEG_QUALITY = 95
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from pipeline.data.images import IMAGE_EXTS, ImageInput, find_inputs
 from pipeline.data.masks import BUCKETS
 from pipeline.data.samples import generated_mask, image_sample, mask_sample, run_parallel
-from pipeline.data.shard_writer import ShardError, finish_splits, replaced_when_complete, report, write_set
-from pipeline.data.sources import SAMPLE_TEST_PHOTOS, bundled_photos, celeba_splits, paris_splits, photo_crops
-
-
+from pipeline.data.shard_writer import (ShardError, finish_splits, replaced_when_complete, report,
+                                        write_set)
+from pipeline.data.sources import (SAMPLE_TEST_PHOTOS, bundled_photos, celeba_splits, paris_splits,
+                                   photo_crops)
 
 
 def shard_image_jobs(jobs: list[ImageInput], skipped: list[dict], out: Path, args) -> dict:

@@ -22,8 +22,6 @@ from pipeline.data.samples import Result
 from pipeline.data.shards import OWN_FILE, SHARD_PATTERN
 
 
-
-
 class ShardError(RuntimeError):
     """Nothing usable was written; the message says why."""
 

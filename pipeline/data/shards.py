@@ -13,8 +13,6 @@ from typing import Sequence
 import braceexpand
 
 
-
-
 class DataError(ValueError):
     """A data spec that yields nothing usable; the message names it."""
 

@@ -13,9 +13,6 @@ from PIL import Image
 from pipeline.data.images import IMAGE_EXTS, ImageInput, find_inputs
 from pipeline.data.shard_writer import ShardError
 
-
-
-
 # Paris StreetView as distributed by Pathak et al. (and as re-packed by others): first match wins
 PARIS_TRAIN_DIRS = ("paris_train_original", "paris_train", "train")
 

@@ -7,10 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.evaluation.inference import model_fill
 from pipeline.data.decode import batch_from_arrays, float_images, uint8_images
-
-
+from pipeline.evaluation.inference import model_fill
 
 
 def pad_to_square(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -1,11 +1,11 @@
-"""Baseline fill methods, scored through the same code as the model (pipeline/scoring.py)."""
+"""Baseline fill methods, scored through the same code as the model (evaluation/scoring.py)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipeline.evaluation.inference import Fill
 from pipeline.data.decode import float_images, uint8_images
+from pipeline.evaluation.inference import Fill
 from pipeline.models.coarse_fill import pull_push_fill
 
 TELEA_RADIUS = 3  # OpenCV's documented example radius

@@ -12,15 +12,17 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from pipeline.training.checkpoint import (CheckpointError, generator_states, holds_ema, pick_weights, resolve)
-from pipeline.data.images import canny_edges
 from pipeline.data.decode import uint8_images
-from pipeline.models.factory import build_network
-
+from pipeline.data.images import canny_edges
 from pipeline.models.contract import inpaint
+from pipeline.models.factory import build_network
+from pipeline.training.checkpoint import (CheckpointError, generator_states, holds_ema,
+                                          pick_weights, resolve)
+
+from pipeline.training.checkpoint import saved_config
 
 # batch (tensors on the device) -> prediction [B,3,H,W] in [0, 1], to be composited
 Fill = Callable[[dict], torch.Tensor]
@@ -54,7 +56,7 @@ def load_generators(path: str | Path, device: str | torch.device = "cpu", raw_we
     """(cfg, g1 or None, g2 or None) of a checkpoint (or a run dir's latest), in eval mode: each
     generator's EMA weights where the checkpoint has them, unless `raw_weights`."""
     ckpt = resolve(path)
-    cfg = OmegaConf.load(ckpt / "config.yaml")
+    cfg = saved_config(ckpt)
     states = generator_states(ckpt)
     nets = {}
     for name in ("g1", "g2"):

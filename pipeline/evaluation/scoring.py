@@ -2,7 +2,7 @@
 validation, so both report the same numbers for the same inputs.
 
 A method fills each eval batch's holes; the output is composited (known pixels kept) and scored
-with PSNR / SSIM on RGB at [0, 255] (pipeline.metrics).
+with PSNR / SSIM on RGB at [0, 255] (pipeline.evaluation.metrics).
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.evaluation.inference import Fill
-from pipeline.models.contract import composite
-from pipeline.data.masks import bucket_name
 from pipeline.data.decode import uint8_images
+from pipeline.data.masks import bucket_name
+from pipeline.evaluation.inference import Fill
 from pipeline.evaluation.metrics import BucketMeter, score_batch
+from pipeline.models.contract import composite
 
 
 def image_filename(key: str, bucket: int) -> str:

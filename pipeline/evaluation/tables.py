@@ -9,8 +9,6 @@ from typing import Iterable, Mapping, Optional
 from pipeline.evaluation.metrics import METRICS, OVERALL, bucket_columns
 
 
-
-
 def flat_metrics(summary: Mapping[str, Mapping[str, float]], prefix: str = "") -> dict[str, float]:
     """Summary -> {"psnr/0-10": ..., "ssim/overall": ...} for MLflow (names allow '/' and '-')."""
     return {f"{prefix}{metric}/{column}": float(values[metric])

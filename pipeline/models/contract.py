@@ -11,8 +11,6 @@ import torch
 from torch import nn
 
 
-
-
 def edge_inputs(batch: dict) -> torch.Tensor:
     """G1 sees the masked grayscale image (holes white, as EdgeConnect), masked edges and the mask."""
     mask = batch["mask"]

@@ -6,12 +6,12 @@ checkpoint is the one that was trained.
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.models.discriminators import PatchDiscriminator
 from pipeline.models.generators import (AttentionSpec, EdgeGenerator, GeneratorSpec,
-                                         TextureGenerator)
+                                        TextureGenerator)
 
 # a fixed build order, so that one seed gives the same initial weights whatever the stage builds
 NETWORKS = ("g1", "g2", "d1", "d2")
@@ -23,15 +23,10 @@ def generator_spec(model_cfg: DictConfig) -> GeneratorSpec:
     attention = AttentionSpec(heads=a.heads, kernel_size=a.kernel_size,
                               dilations=tuple(a.dilations), bias=a.bias,
                               backend=a.backend) if a.enabled else None
-    # a checkpoint saved before a key existed holds EdgeConnect's 4-channel G2, transposed
-    # up-sampling and no coarse fill
-    mask_channel = bool(OmegaConf.select(model_cfg, "hole_mask_channel", default=False))
-    upsample = OmegaConf.select(model_cfg, "upsample", default="transposed")
-    coarse_fill = OmegaConf.select(model_cfg, "coarse_fill", default="none")
     return GeneratorSpec(channels=model_cfg.channels, blocks=model_cfg.blocks,
                          attention=attention, init_gain=model_cfg.init_gain,
-                         hole_mask_channel=mask_channel, upsample=upsample,
-                         coarse_fill=coarse_fill)
+                         hole_mask_channel=model_cfg.hole_mask_channel,
+                         upsample=model_cfg.upsample, coarse_fill=model_cfg.coarse_fill)
 
 
 def build_network(name: str, model_cfg: DictConfig) -> nn.Module:

@@ -29,13 +29,11 @@ OUTPUTS = ("relu1_1", "relu2_1", "relu2_2", "relu3_1", "relu3_4", "relu4_1", "re
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # on the 0-255 scale
 # Caffe's VGG was trained on centred 0-255 pixels, and its activations are thousands of times
 # larger than torchvision's, so under the paper's weights (0.1 perceptual, 250 style) its raw
-# features would swamp L1 (250 x style ~2e6 x L1 on the sample set). ReLU and max-pool are
-# positively homogeneous: feeding s x the trained input with every bias times s gives exactly
-# s x the trained activations, the same features at a smaller size. (Scaling the input alone
-# lets the biases take over what the network sees: G2's held-out PSNR after 300 steps was
-# 1.2 dB lower.) s makes 250 x style about equal to the L1 term when G2 starts (grey fill, 64 px
-# sample set: hole L1 0.28, 250 x style 0.25, 0.1 x perceptual 0.06); style grows as s^2,
-# perceptual as s.
+# features would swamp L1 by orders of magnitude. ReLU and max-pool are positively homogeneous:
+# feeding s x the trained input with every bias times s gives exactly s x the trained
+# activations, the same features at a smaller size (scaling the input alone would let the
+# biases take over what the network sees). s is chosen so that 250 x style is about the L1 term
+# when G2 starts training; style grows as s^2, perceptual as s.
 CAFFE_FEATURE_SCALE = 1 / 1500
 
 

@@ -9,9 +9,6 @@ from pathlib import Path
 
 from pipeline.training.checkpoint import GENERATORS
 
-
-
-
 CHECKPOINT_TABLE = "checkpoints.json"
 
 

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from pipeline.evaluation.results import RESULT_FILES
 from pipeline.evaluation.tables import flat_metrics
-
-
 
 
 def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_size: int) -> str:
@@ -21,7 +20,9 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
 
     from pipeline.tracking.dataset_inputs import dataset_input, spec_name
     from pipeline.tracking.logged_model import find_model
-    from pipeline.tracking.runs import (DEFAULT_EXPERIMENT, default_uri, experiment_id as get_experiment, with_source_tags)
+    from pipeline.tracking.runs import DEFAULT_EXPERIMENT, default_uri
+    from pipeline.tracking.runs import experiment_id as get_experiment
+    from pipeline.tracking.runs import with_source_tags
 
     meta = info["meta"] if info else {}
     source_run = meta.get("mlflow_run_id")
@@ -56,7 +57,7 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
                       dataset_name=test_set.dataset.name, dataset_digest=test_set.dataset.digest)
                for k, v in flat_metrics(summary).items()]
     client.log_batch(run_id, metrics=metrics)
-    for name in ("table.md", "metrics.json", "pairs.json"):
+    for name in RESULT_FILES:
         client.log_artifact(run_id, str(out / name))
     client.set_terminated(run_id, "FINISHED")
     return run_id

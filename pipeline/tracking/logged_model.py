@@ -2,7 +2,7 @@
 
 A logged model is an MLflow pyfunc whose one artifact is an inference checkpoint: the
 checkpoint's generators.safetensors and config.yaml, with a meta.json that lists (and hashes)
-just those two, so `pipeline.checkpoint` verifies and loads it like any checkpoint. It is logged
+just those two, so `training.checkpoint` verifies and loads it like any checkpoint. It is logged
 against its training run at the checkpoint's step (MLflow links the run's metrics at that step
 to it) and tagged with the generators' sha256, which is how an evaluation of the same weights,
 given as a directory or a URI, finds the model to attach its metrics to.
@@ -23,9 +23,9 @@ import mlflow
 import numpy as np
 import torch
 
-from pipeline.training.checkpoint import GENERATORS, CheckpointError, resolve, saved_networks
 from pipeline.data.decode import batch_from_arrays, uint8_images
 from pipeline.evaluation.inference import load_generators, model_fill
+from pipeline.training.checkpoint import GENERATORS, CheckpointError, resolve, saved_networks
 
 log = logging.getLogger("dina.tracking")
 

@@ -1,7 +1,7 @@
 """Checkpoints named by MLflow URIs: runs:/RUN_ID[/NAME], models:/MODEL_ID, models:/NAME/VERSION.
 
 `local_checkpoint` turns such a URI into a local checkpoint directory (downloading the logged
-model's artifacts, see pipeline/logged_model.py) and leaves a directory path as it is, so every
+model's artifacts, see tracking/logged_model.py) and leaves a directory path as it is, so every
 command that takes --checkpoint takes a URI through one call.
 """
 from __future__ import annotations

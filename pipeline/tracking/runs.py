@@ -13,9 +13,6 @@ from omegaconf import DictConfig
 
 from pipeline.config import TrackingConfig
 
-
-
-
 DEFAULT_EXPERIMENT = TrackingConfig.experiment
 
 

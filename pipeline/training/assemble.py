@@ -9,12 +9,12 @@ import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.models.dina import DiNA
+from pipeline.models.factory import NETWORKS, build_network
+from pipeline.models.vgg import VGGWeightsError
 from pipeline.training import checkpoint
 from pipeline.training.ema import GeneratorEMA
 from pipeline.training.losses import VGGLoss
-from pipeline.models.dina import DiNA
-from pipeline.models.vgg import VGGWeightsError
-from pipeline.models.factory import NETWORKS, build_network
 from pipeline.training.optim import build_optimizer
 from pipeline.training.stage_table import CHECKPOINT_KEY, STAGES
 from pipeline.training.steps import StepContext

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -39,6 +39,10 @@ log = logging.getLogger("dina.checkpoint")
 PATTERN = re.compile(r"^checkpoint-(\d{8})$")
 GENERATORS = "generators.safetensors"
 EMA_SUFFIX = "_ema"  # g1_ema.* / g2_ema.*: the EMA copies of g1 / g2
+# model keys added after checkpoints were first written, with the value such a checkpoint was
+# trained with: EdgeConnect's 4-channel G2, transposed up-sampling, no coarse fill
+BEFORE_THE_KEY = {"model.hole_mask_channel": False, "model.upsample": "transposed",
+                  "model.coarse_fill": "none"}
 
 
 class CheckpointError(RuntimeError):
@@ -237,3 +241,12 @@ def load_generator_weights(path: Path, name: str, net: nn.Module, raw_weights: b
     except RuntimeError:  # torch's message lists every mismatched tensor
         raise CheckpointError(f"{path}'s '{name}' was built with other model.* settings than "
                               f"this run's (they are in its config.yaml)") from None
+
+
+def saved_config(path: Path) -> DictConfig:
+    """A checkpoint's config.yaml, with the keys it predates set to what it was trained with."""
+    cfg = OmegaConf.load(path / "config.yaml")
+    for key, value in BEFORE_THE_KEY.items():
+        if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
+            OmegaConf.update(cfg, key, value)
+    return cfg

@@ -5,15 +5,15 @@ Ranger21 normalises gradients across all its param groups and warms every group 
 constructor-wide floor, so G and D never share an instance, and the floor follows each lr (its
 default 3e-5 floor would *raise* a 1e-5 discriminator lr during warm-down).
 
-`ranger21` is the project's sync-free implementation (pipeline/ranger21.py), which skips a
+`ranger21` is the project's sync-free implementation (pipeline/training/ranger21.py), which skips a
 non-finite step on the device; `ranger21-reference` is pytorch_optimizer's, the same update with
 host syncs inside, kept as the reference and the fallback. Their checkpoints load into each other.
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
 import pytorch_optimizer
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.training.ranger21 import Ranger21

@@ -19,8 +19,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-STATE_KEYS = ("grad_ma", "variance_ma", "lookahead_params", "neg_grad_ma", "max_variance_ma")
-
 
 def _unit_norm(x: torch.Tensor) -> torch.Tensor:
     """The reference's unit norm: whole tensor for vectors, over dim 1 for 2-D and 3-D tensors,
@@ -138,8 +136,16 @@ class Ranger21(torch.optim.Optimizer):
             self._on_device(groups[0][1][0].device)
         grads_all = [p.grad for _, ps in groups for p in ps]
         ok = torch.stack(torch._foreach_norm(grads_all)).isfinite().all()
+        per_group, variance_normalised = self._second_moments(groups, ok)
+        for group, params, grads, step_f, bias2 in per_group:
+            self._momentum_update(group, params, grads, step_f, bias2, ok, variance_normalised)
+        self._lookahead(ok, [p for _, ps in groups for p in ps])
+        return loss
 
-        # pass 1: clip, centralise, normalise; second moments; the variance normaliser
+    def _second_moments(self, groups: list, ok: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """Pass 1: clip, centralise and normalise the gradients, update the second moments;
+        returns each group's (group, params, grads, step, bias correction) and the variance
+        normaliser that weight decay divides by."""
         variance_sum, n_params, per_group = 1.0, 0, []
         for group, params in groups:
             beta2 = group["betas"][1]
@@ -161,48 +167,48 @@ class Ranger21(torch.optim.Optimizer):
                 variance_sum = variance_sum + (variance / bias2).sum()
             n_params += sum(p.numel() for p in params)
             per_group.append((group, params, grads, step_f, bias2))
-        variance_normalised = (variance_sum / n_params).double().sqrt()
+        return per_group, (variance_sum / n_params).double().sqrt()
 
-        # pass 2: decay, norm loss, the positive-negative momentum update
-        for group, params, grads, step_f, bias2 in per_group:
-            beta1 = group["betas"][0]
-            scheduled = self._schedule(group["lr"], step_f)
-            self.current_lr = torch.where(ok, scheduled, self.current_lr)
-            lr = torch.where(ok, scheduled, 0.0)
-            step_size = (lr / (1 - beta1 ** step_f)).to(params[0].dtype)
-            if group["weight_decay"]:
-                decay = 1 - group["weight_decay"] * lr * (1 / variance_normalised)
-                torch._foreach_mul_(params, decay.to(params[0].dtype))
-            for p in params:
-                correction = 2 * self.norm_loss_factor * (1 - 1 / _unit_norm(p).add_(group["eps"]))
-                p.mul_(1 - lr * correction)
-            state = [self.state[p] for p in params]
-            max_variances = [s["max_variance_ma"] for s in state]
-            torch._foreach_maximum_(max_variances, [s["variance_ma"] for s in state])
-            denominators = torch._foreach_sqrt(max_variances)
-            torch._foreach_div_(denominators, bias2.sqrt().to(params[0].dtype))
-            torch._foreach_add_(denominators, group["eps"])
-            denominators = [F.softplus(d, beta=self.beta_softplus) for d in denominators]
-            for grad in grads:
-                _centralise_and_normalise(grad)
-            # the two momentum buffers swap roles every step (odd: grad_ma is the current one)
-            odd = step_f.long() % 2 == 1
-            weight = torch.where(ok, 1 - beta1 ** 2, 0.0).to(params[0].dtype)
-            zero = torch.zeros_like(weight)
-            for s, grad in zip(state, grads):
-                s["grad_ma"].lerp_(grad, torch.where(odd, weight, zero))
-                s["neg_grad_ma"].lerp_(grad, torch.where(odd, zero, weight))
-            current = torch.where(odd, 1 + self.beta0, -self.beta0).to(params[0].dtype)
-            other = torch.where(odd, -self.beta0, 1 + self.beta0).to(params[0].dtype)
-            momentum = torch._foreach_mul([s["grad_ma"] for s in state], current)
-            torch._foreach_add_(momentum, torch._foreach_mul([s["neg_grad_ma"] for s in state],
-                                                             other))
-            torch._foreach_mul_(momentum, 1 / math.sqrt((1 + self.beta0) ** 2 + self.beta0 ** 2))
-            update = torch._foreach_div(momentum, denominators)
-            torch._foreach_mul_(update, -step_size)
-            torch._foreach_add_(params, update)
-        self._lookahead(ok, [p for _, ps in groups for p in ps])
-        return loss
+    def _momentum_update(self, group: dict, params: list, grads: list, step_f: torch.Tensor,
+                         bias2: torch.Tensor, ok: torch.Tensor,
+                         variance_normalised: torch.Tensor) -> None:
+        """Pass 2, one group: decay, norm loss, the positive-negative momentum update."""
+        beta1 = group["betas"][0]
+        scheduled = self._schedule(group["lr"], step_f)
+        self.current_lr = torch.where(ok, scheduled, self.current_lr)
+        lr = torch.where(ok, scheduled, 0.0)
+        step_size = (lr / (1 - beta1 ** step_f)).to(params[0].dtype)
+        if group["weight_decay"]:
+            decay = 1 - group["weight_decay"] * lr * (1 / variance_normalised)
+            torch._foreach_mul_(params, decay.to(params[0].dtype))
+        for p in params:
+            correction = 2 * self.norm_loss_factor * (1 - 1 / _unit_norm(p).add_(group["eps"]))
+            p.mul_(1 - lr * correction)
+        state = [self.state[p] for p in params]
+        max_variances = [s["max_variance_ma"] for s in state]
+        torch._foreach_maximum_(max_variances, [s["variance_ma"] for s in state])
+        denominators = torch._foreach_sqrt(max_variances)
+        torch._foreach_div_(denominators, bias2.sqrt().to(params[0].dtype))
+        torch._foreach_add_(denominators, group["eps"])
+        denominators = [F.softplus(d, beta=self.beta_softplus) for d in denominators]
+        for grad in grads:
+            _centralise_and_normalise(grad)
+        # the two momentum buffers swap roles every step (odd: grad_ma is the current one)
+        odd = step_f.long() % 2 == 1
+        weight = torch.where(ok, 1 - beta1 ** 2, 0.0).to(params[0].dtype)
+        zero = torch.zeros_like(weight)
+        for s, grad in zip(state, grads):
+            s["grad_ma"].lerp_(grad, torch.where(odd, weight, zero))
+            s["neg_grad_ma"].lerp_(grad, torch.where(odd, zero, weight))
+        current = torch.where(odd, 1 + self.beta0, -self.beta0).to(params[0].dtype)
+        other = torch.where(odd, -self.beta0, 1 + self.beta0).to(params[0].dtype)
+        momentum = torch._foreach_mul([s["grad_ma"] for s in state], current)
+        torch._foreach_add_(momentum, torch._foreach_mul([s["neg_grad_ma"] for s in state],
+                                                         other))
+        torch._foreach_mul_(momentum, 1 / math.sqrt((1 + self.beta0) ** 2 + self.beta0 ** 2))
+        update = torch._foreach_div(momentum, denominators)
+        torch._foreach_mul_(update, -step_size)
+        torch._foreach_add_(params, update)
 
     def _lookahead(self, ok: torch.Tensor, params: list[torch.Tensor]) -> None:
         """Every merge_time applied steps, blend fast weights towards the slow ones and re-anchor."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from accelerate import Accelerator
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.config import flatten
 from pipeline.training import checkpoint
@@ -64,7 +64,7 @@ def restore(path: Path, cfg: DictConfig, accelerator: Accelerator,
     if meta.get("stage") != cfg.train.stage:
         raise SetupError(f"checkpoint {path} is of stage '{meta.get('stage')}', this run is "
                          f"'{cfg.train.stage}'")
-    differences = model_differences(OmegaConf.load(path / "config.yaml"), cfg)
+    differences = model_differences(checkpoint.saved_config(path), cfg)
     if differences:
         raise SetupError(f"checkpoint {path} was trained with {', '.join(differences)}; "
                          f"resume with the same model, or use a new train.output_dir")

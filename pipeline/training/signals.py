@@ -4,7 +4,6 @@ second signal ends it at once; a stuck data stream cannot hold a stop for long.
 from __future__ import annotations
 
 import logging
-
 import os
 import signal
 import sys

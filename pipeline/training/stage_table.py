@@ -23,16 +23,11 @@ class Stage:
     name: str
     trains: tuple[str, ...]  # networks it optimises
     frozen: tuple[str, ...]  # trained earlier, used here without gradients
-    step: str  # kind of step in pipeline.stages: edge | texture | joint
+    step: str  # kind of step in pipeline.training.steps: edge | texture | joint
     needs: tuple[str, ...]  # generators it must load from earlier stages' checkpoints
     # generators it loads when their checkpoint is given, only to carry them into its own
     # checkpoints (a texture checkpoint with G1 inpaints on its own)
     carries: tuple[str, ...] = ()
-
-    @property
-    def required_checkpoints(self) -> tuple[str, ...]:
-        """Config keys that must name a checkpoint for this stage to start."""
-        return tuple(CHECKPOINT_KEY[g] for g in self.needs)
 
     @property
     def hands_on(self) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""What one training step of each kind does: D step, then G step (pipeline/training/stage_table.py says
+"""What one training step of each kind does: D step, then G step (training/stage_table.py says
 which stage takes which kind of step).
 
 Masks are 1 in the hole. Every tensor is NCHW float in [0, 1].
@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.models.contract import complete_edges, composite, edge_inputs, texture_inputs
-from pipeline.training.losses import (VGGLoss, discriminator_loss, feature_matching_loss, generator_adversarial_loss, hole_weighted_l1)
+from pipeline.training.losses import (VGGLoss, discriminator_loss, feature_matching_loss,
+                                      generator_adversarial_loss, hole_weighted_l1)
 from pipeline.training.optim import skips_non_finite_on_device
 from pipeline.training.stage_table import STAGES
 

@@ -7,12 +7,12 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 
-from tests.helpers import TINY
-from tests.helpers.training import reset_accelerate
-from pipeline.training.checkpoint import EMA_SUFFIX, save
 from pipeline.config import load_config
 from pipeline.models.factory import build_network
-from pipeline.training.stage_table import STAGES
+from pipeline.training.checkpoint import EMA_SUFFIX, save
+from pipeline.training.stage_table import CHECKPOINT_KEY, STAGES
+from tests.helpers import TINY
+from tests.helpers.training import reset_accelerate
 
 
 def trained_looking(name: str, model_cfg) -> torch.nn.Module:
@@ -27,10 +27,10 @@ def trained_looking(name: str, model_cfg) -> torch.nn.Module:
 def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...] = ("g1", "g2"),
                     mlflow_run_id: Optional[str] = None, mlflow_tracking_uri: Optional[str] = None,
                     seed: int = 0, ema_seed: Optional[int] = None) -> Path:
-    """A checkpoint dir written by pipeline.training.checkpoint.save: tiny preset (32 px), seeded weights.
+    """A checkpoint dir written by training.checkpoint.save: tiny preset (32 px), seeded weights.
     With `ema_seed`, also g1_ema / g2_ema: the weights `seed=ema_seed` would give."""
     overrides = [f"train.stage={stage}", f"train.output_dir={out}"]
-    overrides += [f"{key}=unused-by-evaluation" for key in STAGES[stage].required_checkpoints]
+    overrides += [f"{CHECKPOINT_KEY[g]}=unused-by-evaluation" for g in STAGES[stage].needs]
     cfg = load_config([TINY], overrides)
     torch.manual_seed(seed)
     nets = {name: trained_looking(name, cfg.model) for name in ("g1", "g2")}

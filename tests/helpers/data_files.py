@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from tests.helpers import REPO, run_cli
 
 SHARD = [sys.executable, str(REPO / "pipeline" / "shard.py")]

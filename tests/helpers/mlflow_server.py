@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
 from tests.helpers import REPO
 
 START, STOP = REPO / "ops" / "mlflow" / "start.sh", REPO / "ops" / "mlflow" / "stop.sh"

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import load_config, split_args
-from pipeline.training.trainer import Trainer
-from pipeline.training.trainer import configure_logging
+from pipeline.training.trainer import Trainer, configure_logging
 
 
 class PoisonedBatches:

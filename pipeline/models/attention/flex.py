@@ -8,7 +8,7 @@ once per combination. The relative position bias is added by a score_mod that re
 On CUDA the op runs through torch.compile (the fused kernel); elsewhere flex_attention runs eagerly,
 which materialises the full score matrix and has no backward on CPU: use it there only to check
 parity with the reference backend. Inside a torch.compile'd model the graph reads the layout
-built before compiling (pipeline/build.py runs one eager forward first), instead of building it
+built before compiling (training/assemble.py runs one eager forward first), instead of building it
 in the graph on every call.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ def built_once(build: Callable) -> Callable:
 
     Unlike functools.lru_cache, which torch.compile traces straight through (so the layout was
     rebuilt inside the graph on every call), a plain dict lookup is something dynamo reads: a
-    layout built before compiling (one eager forward, see pipeline/build.py) enters the graph as
+    layout built before compiling (one eager forward, see training/assemble.py) enters the graph as
     an input, never as ops.
     """
     layouts: dict = {}
