@@ -13,9 +13,10 @@ PY=.venv/bin/python
 STEPS=${DEMO_STEPS:+train.steps=$DEMO_STEPS}
 
 [ -f shards/sample/train/index.json ] || $PY pipeline/shard.py sample --out shards/sample
-$PY pipeline/train.py configs/experiment/demo.yaml train.stage=edge train.resume=latest $STEPS
-$PY pipeline/train.py configs/experiment/demo.yaml train.stage=texture train.resume=latest \
-    train.edge_checkpoint=runs/demo/edge $STEPS
+# the project's recipe (configs/recipe/project.yaml) at the demo's sizes
+TRAIN="$PY pipeline/train.py configs/recipe/project.yaml configs/experiment/demo.yaml"
+$TRAIN train.stage=edge train.resume=latest $STEPS
+$TRAIN train.stage=texture train.resume=latest train.edge_checkpoint=runs/demo/edge $STEPS
 $PY pipeline/evaluate.py --checkpoint runs/demo/texture --images shards/sample/test \
     --masks shards/sample/masks --out outputs/demo/eval --save-images
 # the bar to clear: every hole filled with the mean colour of its image's known pixels
@@ -25,6 +26,13 @@ $PY pipeline/evaluate.py --method mean --images shards/sample/test \
 $PY pipeline/evaluate.py --method pull-push --images shards/sample/test \
     --masks shards/sample/masks --out outputs/demo/eval-pull-push --image-size 64 \
     --experiment dina-demo
+# what training added: the model's PSNR minus that of the fill it starts from, per bucket
+$PY - <<'PY'
+import json
+model, start = (json.load(open(f"outputs/demo/{d}/metrics.json")) for d in ("eval", "eval-pull-push"))
+print("gain over its start (dB PSNR, model - pull-push fill): " + ", ".join(
+    f"{b} {model[b]['psnr'] - start[b]['psnr']:+.2f}" for b in model))
+PY
 cat <<TXT
 
 Demo done.

