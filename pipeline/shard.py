@@ -143,6 +143,13 @@ def generated_mask(index: int, size: int, seed: int, boxes: bool) -> Result:
     return _mask_result(f"gen_{index:07d}", f"generated seed={seed} index={index}", mask)
 
 
+def _quiet_worker() -> None:
+    """Workers die quietly on the SIGTERM with which the pool stops them (not via _stop) and
+    leave Ctrl-C to the main process, which stops the pool (no traceback from each worker)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str
                  ) -> Generator[Result, None, None]:
     """fn over items in input order, on `workers` processes, with a progress bar."""
@@ -151,9 +158,7 @@ def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str
         yield from tqdm(map(fn, items), **bar)
         return
     chunk = max(1, min(32, len(items) // (workers * 8)))
-    # workers die quietly on the SIGTERM with which the pool stops them (not via _stop)
-    with multiprocessing.get_context("fork").Pool(
-            workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
         yield from tqdm(pool.imap(fn, items, chunksize=chunk), **bar)
 
 
@@ -252,11 +257,59 @@ def _foreign(path: Path) -> list[Path]:
     return found
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _leftovers(out: Path, kind: str) -> list[tuple[Path, int]]:
+    """(path, pid) of `.OUT.<kind>-PID` siblings whose shard.py process is gone."""
+    found = []
+    if not out.parent.is_dir():
+        return found
+    for path in out.parent.glob(f".{out.name}.{kind}-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            found.append((path, int(pid)))
+    return found
+
+
+def recover_swap(out: Path) -> None:
+    """Undo what a shard.py killed mid-swap left (the swap is two renames: OUT -> .OUT.old-PID,
+    then .OUT.partial-PID -> OUT). With OUT missing, its old set is moved back; with OUT there,
+    the swap had finished and the old set is removed; a killed run's partial set is removed."""
+    for old, pid in sorted(_leftovers(out, "old"), key=lambda e: e[0].stat().st_mtime,
+                           reverse=True):
+        if not (out.exists() or out.is_symlink()):
+            os.replace(old, out)
+            print(f"shard.py: restored {out} from {old} (its previous set, moved aside by "
+                  f"shard.py PID {pid}, which stopped before the new set took its place)",
+                  file=sys.stderr)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            print(f"shard.py: removed {old} (the set {out} held before shard.py PID {pid} "
+                  f"replaced it)", file=sys.stderr)
+    for partial, pid in _leftovers(out, "partial"):
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"shard.py: removed {partial} (an unfinished set of shard.py PID {pid})",
+              file=sys.stderr)
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @contextmanager
 def replaced_when_complete(out: Path) -> Iterator[Path]:
     """A fresh temporary sibling of OUT to write into; it replaces OUT only when the block
     succeeds. On any error or interruption it is removed and OUT is left as it was; only where
-    OUT holds no shards, a set without samples still goes in for its index.json (it says why)."""
+    OUT holds no shards, a set without samples still goes in for its index.json (it says why).
+    What an earlier run killed mid-swap left is recovered first (recover_swap)."""
+    recover_swap(out)
     existed = out.exists() or out.is_symlink()
     if existed:
         foreign = _foreign(out)
@@ -266,22 +319,42 @@ def replaced_when_complete(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+    swapped = []
 
     def swap_in() -> None:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if existed:
-            os.replace(out, old)
-        os.replace(staging, out)
+        # a stop signal between the two renames is held until both are done (a SIGKILL there
+        # is undone by recover_swap); a handler swap, not a signal mask: the mask would not
+        # hold for the other threads (progress bar, pool), which receive it instead
+        held: list[int] = []
+        handlers = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
+                    for sig in STOP_SIGNALS}
+        try:
+            if existed:
+                os.replace(out, old)
+            os.replace(staging, out)
+            swapped.append(True)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         shutil.rmtree(old, ignore_errors=True)
+        if held:
+            signal.raise_signal(held[0])
 
     try:
-        yield staging
-        swap_in()
-    except NoSamplesError as err:
-        if existed and any(out.rglob("shard-*.tar")):
-            raise NoSamplesError(f"{err}; {out} is unchanged") from None
-        swap_in()
-        raise NoSamplesError(f"{err}; {out / 'index.json'} lists them") from None
+        try:
+            yield staging
+            swap_in()
+        except NoSamplesError as err:
+            if existed and any(out.rglob("shard-*.tar")):
+                raise NoSamplesError(f"{err}; {out} is unchanged") from None
+            swap_in()
+            raise NoSamplesError(f"{err}; {out / 'index.json'} lists them") from None
+    except KeyboardInterrupt as err:
+        if swapped:  # the signal came during the swap and was held until it was complete
+            raise KeyboardInterrupt(err.args[0] if err.args else "Ctrl-C",
+                                    f"{out} already holds the new, complete set") from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -514,13 +587,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stop(signum, frame) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the staging folder is removed and OUT stays as it was
+    # SIGTERM unwinds like Ctrl-C, so the staging folder is removed and OUT stays as it was;
+    # a second signal while that happens exits at once (the next run removes what is left)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_now)
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_now(signum, frame) -> None:
+    print(f"shard.py: second signal ({signal.Signals(signum).name}): exiting at once; OUT is as "
+          f"it was (the next run removes any partial set left beside it)", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
     try:
         args.func(args)
     except ShardError as err:
@@ -528,8 +612,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except OSError as err:
         exit_codes.refuse(f"shard.py {args.command}: error: {err.strerror or err}: {err.filename}")
     except KeyboardInterrupt as err:
-        print(f"shard.py {args.command}: interrupted ({err or 'Ctrl-C'}); {args.out} is "
-              f"unchanged", file=sys.stderr)
+        where = err.args[1] if len(err.args) > 1 else f"{args.out} is unchanged"
+        for sig in STOP_SIGNALS:  # all is tidied: a further press must not turn rc into -2
+            signal.signal(sig, signal.SIG_IGN)
+        print(f"shard.py {args.command}: interrupted ({err.args[0] if err.args else 'Ctrl-C'}); "
+              f"{where}", file=sys.stderr)
         sys.exit(130)
 
 
