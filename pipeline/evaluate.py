@@ -22,8 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -104,20 +108,27 @@ def load_method(args: argparse.Namespace) -> tuple[Fill, Optional[dict], int]:
     return model_fill(g1, g2), info, args.image_size or int(info["cfg"].data.image_size)
 
 
+def tracking_uri(args, info: Optional[dict]) -> str:
+    """Where the evaluation run goes: --tracking-uri, else the checkpoint's run's server."""
+    from pipeline.tracking import default_uri
+
+    meta = info["meta"] if info else {}
+    return args.tracking_uri or meta.get("mlflow_tracking_uri") or default_uri()
+
+
 def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_size: int) -> str:
     """A new evaluation run (nested under the checkpoint's run when known); returns its id."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     from mlflow.entities import LoggedModelInput, Metric
     from mlflow.tracking import MlflowClient
 
     from pipeline.dataset_inputs import dataset_input, spec_name
     from pipeline.logged_model import find_model
-    from pipeline.tracking import (DEFAULT_EXPERIMENT, default_uri, experiment_id as get_experiment,
+    from pipeline.tracking import (DEFAULT_EXPERIMENT, experiment_id as get_experiment,
                                    with_source_tags)
 
     meta = info["meta"] if info else {}
     source_run = meta.get("mlflow_run_id")
-    uri = args.tracking_uri or meta.get("mlflow_tracking_uri") or default_uri()
+    uri = tracking_uri(args, info)
     client = MlflowClient(uri)
     source_experiment = client.get_run(source_run).info.experiment_id if source_run else None
     experiment_id = ((args.experiment is None and source_experiment)
@@ -154,39 +165,139 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
     return run_id
 
 
+RESULT_FILES = ("pairs.json", "metrics.json", "table.md", "timing.json")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (its name): stop, leaving --out as it was."""
+
+
+def _stop_on_signals() -> None:
+    """The first SIGINT/SIGTERM unwinds (staging removed, --out untouched); a second one, while
+    that happens, exits at once."""
+    def first(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, second)
+        raise Interrupted(signal.Signals(signum).name)
+
+    def second(signum, frame):
+        print(f"evaluate.py: second signal ({signal.Signals(signum).name}): exiting at once; "
+              f"--out holds no result of this run", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, first)
+
+
+@contextmanager
+def _signals_held():
+    """SIGINT/SIGTERM during the block are delivered after it (the results go in as a set)."""
+    held: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if held:
+        signal.raise_signal(held[0])
+
+
+def check_out(out: Path) -> None:
+    """--out must be, or become, a writable directory: checked before any work is done."""
+    folder = out
+    while not (folder.exists() or folder.is_symlink()):
+        folder = folder.parent
+    if not folder.is_dir():
+        what = "is a file" if folder == out else f"is below the file {folder}"
+        raise EvaluationError(f"--out {out} {what}; give a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass  # a real probe: permission bits say nothing for root or read-only mounts
+    except OSError as err:
+        raise EvaluationError(f"--out {out}: cannot write there: {err.strerror or err}") from None
+
+
+def commit_results(staging: Path, out: Path, with_images: bool) -> None:
+    """Move the finished results from `staging` into --out, replacing an earlier run's."""
+    with _signals_held():
+        for name in RESULT_FILES:
+            os.replace(staging / name, out / name)
+        if with_images:
+            old = staging / "images.old"
+            if (out / "images").exists():
+                os.replace(out / "images", old)
+            os.replace(staging / "images", out / "images")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from pipeline.data import eval_loader, eval_pairs
+    _stop_on_signals()
+    out = Path(args.out)
+    staging = out / f".partial-{os.getpid()}"
+    try:
+        _evaluate(args, out, staging)
+    except Interrupted as err:
+        print(f"evaluate.py: interrupted ({err}); {out} is as it was (no result of this run "
+              f"was written)", file=sys.stderr)
+        sys.exit(128 + signal.Signals[str(err)].value)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _evaluate(args, out: Path, staging: Path) -> None:
+    from pipeline.data import DataError, eval_loader, eval_pairs
+    from pipeline.output_lock import OutputDirBusy, OutputLock
+    from pipeline.tracking import ServerUnreachable, wait_for_server
 
     try:
+        check_out(out)
+        # one evaluation per --out: two would interleave their files and log each other's
+        lock = OutputLock(out, what="--out")
+        lock.acquire()
         fill, info, size = load_method(args)
         pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
         if not pairs:
             raise EvaluationError(f"no image/mask pairs from --images {args.images} and "
                                   f"--masks {args.masks}")
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
-    except (EvaluationError, InferenceError, FileNotFoundError, ValueError) as err:
+        if not args.no_mlflow:  # before the work, not after it
+            wait_for_server(tracking_uri(args, info), "evaluate.py")
+    except (EvaluationError, InferenceError, DataError, OutputDirBusy, ServerUnreachable,
+            FileNotFoundError, ValueError) as err:
         exit_codes.refuse(f"evaluate.py: error: {err}")
+    skipped = getattr(pairs, "skipped", [])
+    for item in skipped[:10]:
+        print(f"evaluate.py: skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if len(skipped) > 10:
+        print(f"evaluate.py: ... {len(skipped) - 10} more skipped (timing.json lists them)",
+              file=sys.stderr)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    image_dir = out / "images" if args.save_images else None
+    staging.mkdir()
+    image_dir = staging / "images" if args.save_images else None
     start = time.perf_counter()
     summary, per_image = evaluate(loader, fill, args.device, image_dir)
     seconds = time.perf_counter() - start
 
     label = args.method if info is None else f"{args.method} ({Path(info['path']).name})"
     table = bucket_table({label: summary})
-    (out / "pairs.json").write_text(json.dumps(per_image, indent=1))
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    (out / "table.md").write_text(table)
+    (staging / "pairs.json").write_text(json.dumps(per_image, indent=1))
+    (staging / "metrics.json").write_text(json.dumps(summary, indent=1))
+    (staging / "table.md").write_text(table)
     timing = {"images": len(per_image), "seconds": seconds,
               "images_per_s": len(per_image) / seconds, "device": str(args.device),
-              "batch_size": args.batch_size, "image_size": size}
-    (out / "timing.json").write_text(json.dumps(timing, indent=1))
+              "batch_size": args.batch_size, "image_size": size,
+              "skipped_images": skipped}
+    (staging / "timing.json").write_text(json.dumps(timing, indent=1))
+    if args.save_images:
+        (staging / "images").mkdir(exist_ok=True)
+    commit_results(staging, out, args.save_images)
     print(table)
+    skipped_note = f", {len(skipped)} unreadable images skipped" if skipped else ""
     print(f"{len(per_image)} images in {seconds:.1f} s ({timing['images_per_s']:.3g} images/s "
-          f"on {args.device}); results in {out}")
+          f"on {args.device}{skipped_note}); results in {out}")
     if not args.no_mlflow:
         try:
             run_id = log_to_mlflow(args, info, summary, out, size)
@@ -194,6 +305,7 @@ def main(argv=None) -> None:
             sys.exit(f"evaluate.py: error: logging to MLflow failed ({err}); the results are in "
                      f"{out}; rerun with --no-mlflow or another --tracking-uri")
         print(f"MLflow evaluation run {run_id}")
+    lock.release()
 
 
 if __name__ == "__main__":

@@ -40,31 +40,59 @@ def fail(message: str) -> None:
     exit_codes.refuse(f"log_model.py: error: {message}")
 
 
+# MLflow's codes for a request that names something that is not there or is malformed: the
+# input was bad (exit 2), not MLflow
+BAD_INPUT_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND",
+                   "BAD_REQUEST")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from pipeline.model_source import ModelSourceError, _model_uri
+    from pipeline.tracking import ServerUnreachable, wait_for_server
+
     uri = args.tracking_uri or default_uri()
     try:
         if args.source.startswith(URI_SCHEMES):
-            model_uri = args.source
+            wait_for_server(uri, "log_model.py")
+            # runs:/RUN[/NAME] is that run's logged model (the registry wants the model itself)
+            client = mlflow.MlflowClient(uri)
+            model_uri = _model_uri(args.source, client)
+            # looked up first: register_model would create the registered name even when the
+            # model is not there, then fail with MLflow's generic error
+            name, _, version = model_uri[len("models:/"):].partition("/")
+            try:
+                if version.isdigit():
+                    client.get_model_version(name, version)
+                elif not version and "@" not in name:  # aliases, "latest": MLflow resolves
+                    client.get_logged_model(name)
+            except MlflowException as err:
+                fail(f"{args.source}: no such model in MLflow at {uri} "
+                     f"({err.message.splitlines()[0]})")
         else:
             path = resolve(args.source)
             if not can_inpaint(path):
                 fail(f"{path} holds no G1+G2 pair (an edge-stage checkpoint cannot inpaint)")
             meta = json.loads((path / "meta.json").read_text())
             uri = args.tracking_uri or meta.get("mlflow_tracking_uri") or uri
+            wait_for_server(uri, "log_model.py")
             model_uri = f"models:/{log_checkpoint(path, uri, args.run_id)}"
             print(f"logged {path} (step {meta['step']}) as {model_uri}")
         if args.register:
             mlflow.set_tracking_uri(uri)
             version = mlflow.register_model(model_uri, args.register)
             print(f"registered {model_uri} as models:/{version.name}/{version.version}")
-    except CheckpointError as err:
+    except (CheckpointError, ModelSourceError, ServerUnreachable) as err:
         fail(str(err))
     except MlflowException as err:
-        sys.exit(f"log_model.py: error: MLflow at {uri}: {err.message.splitlines()[0]}")
+        message = f"MLflow at {uri}: {err.message.splitlines()[0]}"
+        if err.error_code in BAD_INPUT_CODES:
+            what = f"--run-id {args.run_id}" if args.run_id else args.source
+            fail(f"{what}: {message}")
+        sys.exit(f"log_model.py: error: {message}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ def local_checkpoint(source: str, tracking_uri: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from pipeline.tracking import ServerUnreachable, wait_for_server
+
+    try:
+        wait_for_server(tracking_uri, f"--checkpoint {source}")
+    except ServerUnreachable as err:
+        raise ModelSourceError(f"{source}: {err}") from None
     uri = _model_uri(source, MlflowClient(tracking_uri))
     try:
         # models:/ URIs are looked up through the global tracking and registry URIs

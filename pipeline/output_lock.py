@@ -98,8 +98,9 @@ def _directory_guard(folder: Path) -> Iterator[None]:
 class OutputLock:
     """Held from acquire() to release() (also released at interpreter exit)."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, what: str = "train.output_dir"):
         self.path = Path(output_dir) / LOCK_NAME
+        self.what = what  # how messages name the directory: the option or key that gave it
         self.held = False
 
     def acquire(self) -> None:
@@ -125,7 +126,7 @@ class OutputLock:
     def _take_over(self, me: dict, tmp: Path) -> None:
         if self.path.is_dir() or self.path.is_symlink() or not self.path.exists():
             raise LockFileUnusable(
-                f"train.output_dir {self.path.parent}: {self.path} is not a lock file (a "
+                f"{self.what} {self.path.parent}: {self.path} is not a lock file (a "
                 f"directory or link); remove it")
         try:
             holder = _holder_or_none(self.path.read_text())
@@ -137,9 +138,9 @@ class OutputLock:
         if reason is None:
             job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
             raise OutputDirBusy(
-                f"train.output_dir {self.path.parent} is in use by PID {holder.get('pid')} on "
+                f"{self.what} {self.path.parent} is in use by PID {holder.get('pid')} on "
                 f"host {holder.get('host')}{job} (since {holder.get('since')}); wait for it, stop "
-                f"it, or choose another train.output_dir (remove {self.path} only if that run "
+                f"it, or choose another {self.what} (remove {self.path} only if that run "
                 f"is surely gone)")
         if reason != "this process":
             log.warning("taking over %s from PID %s on %s: %s", self.path,
