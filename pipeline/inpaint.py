@@ -141,7 +141,8 @@ def inpaint_image(rgb: np.ndarray, hole: np.ndarray, g1, g2, size: int, device: 
                   ) -> tuple[np.ndarray, dict]:
     """Full-resolution output (known pixels untouched) and a record of what was done."""
     h, w = hole.shape
-    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255)
+    # a copy: a decoded image's array is read-only, which torch warns about
+    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255)
     mask = torch.from_numpy(hole)[None, None].float()
     square, (top, left) = pad_to_square(torch.cat([image, mask], dim=1))
     side = square.shape[-1]
@@ -150,6 +151,9 @@ def inpaint_image(rgb: np.ndarray, hole: np.ndarray, g1, g2, size: int, device: 
     # the padding is known context; any hole pixel under a low-resolution pixel makes it a hole
     small_mask = (F.adaptive_max_pool2d(square[:, 3:], size) if side >= size else
                   F.interpolate(square[:, 3:], size=(size, size), mode="nearest"))
+    if bool(small_mask.min() > 0):  # the same black output as an all-hole mask
+        raise InpaintError(f"at the model's {size}x{size} every pixel touches the hole: no "
+                           f"known pixel is left to inpaint from")
     small_image = to_uint8(small_image).float().div(255)  # what a saved size x size image holds
     gray = torch.from_numpy(to_gray(to_uint8(small_image)[0].permute(1, 2, 0).numpy()))
     batch = {"image": small_image, "mask": small_mask, "gray": gray[None, None],
@@ -198,6 +202,9 @@ def main(argv=None) -> None:
         if not hole.any():
             raise InpaintError(f"mask {args.mask} has no hole pixels (white = hole; "
                                f"--invert-mask if the holes are black)")
+        if hole.all():
+            raise InpaintError(f"mask {args.mask} is all hole: no known pixel to inpaint from "
+                               f"(white = hole; --invert-mask if the holes are black)")
         checkpoint = local_checkpoint(args.checkpoint, default_uri())
         g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device,
                                   args.raw_weights)
@@ -216,8 +223,11 @@ def main(argv=None) -> None:
         steps.append(f"{padded}resized to {size}x{size} for the model, prediction resized back")
     exact = ("known pixels unchanged" if fmt[0] != "JPEG" else
              "known pixels are NOT bit-exact: JPEG changed them too (--allow-lossy)")
-    steps.append(f"G1 -> G2 from {info['path']} (step {info['meta'].get('step')}) on "
-                 f"{args.device}; only hole pixels replaced, {exact}")
+    weights = ("EMA weights" if info["weights"] == "ema" else
+               "raw weights" + (" (--raw-weights)" if args.raw_weights else
+                                " (the checkpoint holds no EMA)"))
+    steps.append(f"G1 -> G2 from {info['path']} (step {info['meta'].get('step')}, {weights}) "
+                 f"on {args.device}; only hole pixels replaced, {exact}")
     print("; ".join(steps) + f"\nwrote {args.out}")
 
 
