@@ -211,14 +211,18 @@ def collate(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
 def _tar_members(path: str) -> dict[str, dict[str, tuple[int, int]]]:
     """key -> {extension: (data offset, size)} for a shard, in tar order."""
     samples: dict[str, dict[str, tuple[int, int]]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, _, name = member.name.rpartition("/")
-            stem, _, ext = name.partition(".")
-            key = f"{folder}/{stem}" if folder else stem
-            samples.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, name = member.name.rpartition("/")
+                stem, _, ext = name.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                samples.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"{path} is not a readable tar shard ({err.__class__.__name__}: "
+                        f"{str(err).splitlines()[0]})") from None
     return samples
 
 
@@ -230,6 +234,8 @@ def _read_at(path: str, where: tuple[int, int]) -> bytes:
 
 def _has_shards(spec: str) -> bool:
     path = Path(spec)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
+        return False  # one image file, not a shard
     return not path.is_dir() or any(path.glob("*.tar")) or (path / "index.json").is_file()
 
 
