@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -41,8 +41,15 @@ def load_reference(path: str) -> dict[str, dict]:
         doc = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise CompareError(f"reference file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:  # a directory, unreadable, not text
+        raise CompareError(f"reference file {path} cannot be read: "
+                           f"{getattr(err, 'strerror', None) or err}") from None
     except yaml.YAMLError as err:
-        raise CompareError(f"reference file {path} is not valid YAML: {err}") from None
+        # one line: where and what (PyYAML's own message spans several, with a source excerpt)
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise CompareError(f"reference file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
         raise CompareError(f"reference file {path}: expected a mapping with a 'rows' list")
     columns, out = set(bucket_columns()), {}
@@ -51,12 +58,21 @@ def load_reference(path: str) -> dict[str, dict]:
             raise CompareError(f"reference file {path}: rows[{i}] needs a 'name'")
         summary: dict[str, dict[str, float]] = {}
         for metric in METRICS:
-            for column, value in (row.get(metric) or {}).items():
+            cells = row.get(metric) or {}
+            if not isinstance(cells, dict):
+                raise CompareError(f"reference file {path}: rows[{i}].{metric} must map buckets "
+                                   f"to numbers, got {type(cells).__name__} {cells!r}")
+            for column, value in cells.items():
                 if str(column) not in columns:
                     raise CompareError(f"reference file {path}: rows[{i}].{metric} has unknown "
                                        f"bucket '{column}' (use {', '.join(bucket_columns())})")
-                if value is not None:
-                    summary.setdefault(str(column), {})[metric] = float(value)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or value != value:  # NaN
+                    raise CompareError(f"reference file {path}: rows[{i}].{metric}.{column} "
+                                       f"must be a number, got {value!r}")
+                summary.setdefault(str(column), {})[metric] = float(value)
         if summary:
             out[str(row["name"])] = summary
         else:
@@ -187,22 +203,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_out(out: Path) -> None:
+    """--out must be, or become, a writable directory: checked before the runs are read."""
+    folder = out
+    while not (folder.exists() or folder.is_symlink()):
+        folder = folder.parent
+    if not folder.is_dir():
+        what = "is a file" if folder == out else f"is below the file {folder}"
+        raise CompareError(f"--out {out} {what}; give a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass  # a real probe: permission bits say nothing for root or read-only mounts
+    except OSError as err:
+        raise CompareError(f"--out {out}: cannot write there: {err.strerror or err}") from None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import ServerUnreachable, wait_for_server
 
     uri = args.tracking_uri or default_uri()
     client = MlflowClient(uri)
     try:
+        check_out(Path(args.out))
+        wait_for_server(uri, "compare.py")
         references = {}
         for path in args.reference:
             references.update(load_reference(path))
         summaries, runs = run_summaries(find_runs(client, args.run_ids, args.experiment,
                                                   args.filter))
         rows = {**summaries, **references}
-    except CompareError as err:
+    except (CompareError, ServerUnreachable) as err:
         exit_codes.refuse(f"compare.py: error: {err}")
     except MlflowException as err:
         sys.exit(f"compare.py: error: cannot read runs from MLflow at {uri}: {err.message}")

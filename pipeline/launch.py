@@ -28,6 +28,8 @@ chain stopped early); 2 bad arguments or config, nothing submitted.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import logging
 import os
@@ -212,14 +214,23 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="auto: slurm when srun is on PATH, else local")
     p.add_argument("--wait", action="store_true",
                    help="wait for every job and report its final state (exit 1 if any failed)")
-    args = p.parse_args(argv)
+    # intermixed: config files and key=value overrides may also come after an option
+    args = p.parse_intermixed_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
         p.error(f"--stages: {', '.join(bad) or 'empty'} not in {', '.join(STAGES)}")
+    twice = sorted({s for s in stages if stages.count(s) > 1})
+    if twice:  # the second would resume the first's finished run in the same dir: a no-op
+        p.error(f"--stages {args.stages}: {', '.join(twice)} given twice; a chain trains each "
+                f"stage once (use another train.output_dir to train it again)")
     args.stages = stages
     if args.nodes < 1 or args.gpus_per_node < 0:
         p.error("--nodes must be >= 1 and --gpus-per-node >= 0")
+    for option, value in (("--time", args.time), ("--cpus-per-task", args.cpus_per_task),
+                          ("--array-parallelism", args.array_parallelism)):
+        if value is not None and value < 1:
+            p.error(f"{option} {value}: must be at least 1")
     return args
 
 
@@ -295,8 +306,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                 chain_stopped = True
                 break
         executor.update_parameters(name=f"dina-{stage}", **extra)
-        with executor.batch():
-            handles = [executor.submit(job) for job in jobs]
+        try:
+            # submitit prints sbatch's stderr itself; the refusal below carries its last line
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                handles = [executor.submit(job) for job in jobs]
+        except (submitit.core.utils.FailedJobError, OSError, ValueError) as err:
+            # sbatch refused or could not reach the controller: one line, not submitit's trace
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            why = lines[-1] if lines else err.__class__.__name__
+            done = (f"; already submitted: {', '.join(f'{s} job {h.job_id}' for s, h in submitted)}"
+                    if submitted else "; nothing was submitted")
+            refuse(f"submitting stage {stage} to {executor.cluster} failed ({why}); is the "
+                   f"SLURM controller up (sinfo, scontrol ping)?{done}")
         for job, handle in zip(jobs, handles):
             print(f"{stage}: job {handle.job_id} -> {job.output_dir}  (log: {handle.paths.stdout})",
                   flush=True)
