@@ -52,6 +52,12 @@ log = logging.getLogger("dina.train")
 # model keys that change no tensor shape: a resume may change them
 RESUME_MAY_DIFFER = ("model.attention.backend", "model.init_gain")
 
+# model keys added after checkpoints were first saved, as flatten() writes them, and the value
+# a checkpoint without them was trained with (pipeline/networks.py's defaults for such a
+# checkpoint); the strings are what flatten() gives for the saved value
+LEGACY_MODEL = {"model.hole_mask_channel": "False", "model.upsample": "transposed",
+                "model.coarse_fill": "none"}
+
 # after a stop signal, how long the loop still waits for a batch before it gives up on the
 # checkpoint and stops at once (a stuck or endlessly bad data stream must not block a stop)
 DATA_GRACE_S = 20.0
@@ -63,17 +69,23 @@ class StoppedWhileWaiting(BaseException):
 
 
 class StopRequest:
-    """SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeue. A second signal: exit now.
+    """SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, exit for requeue. A second signal:
+    exit now.
     If the next batch does not come within DATA_GRACE_S of the signal, stop without one."""
 
     def __init__(self):
         self.signum: Optional[int] = None
         self.waiting_for_data = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        # forked DataLoader workers inherit the handler; only this process acts on a signal
+        self.pid = os.getpid()
+        # Ctrl-C (SIGINT) as SIGTERM: checkpoint and stop; a second press exits at once
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
         signal.signal(signal.SIGALRM, self._give_up)
 
     def _handle(self, signum, frame):
+        if os.getpid() != self.pid:
+            return  # a data worker: the trainer decides when the workers stop
         if self.signum is not None:
             log.error("second signal %s: exiting at once", signal.Signals(signum).name)
             sys.stderr.flush()
@@ -139,7 +151,12 @@ def model_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
                 if (k.startswith("model.") or k == "optim.name") and k not in RESUME_MAY_DIFFER}
 
     before, now = shaping(saved), shaping(cfg)
-    return [f"{k}={before.get(k)} (this run: {now.get(k)})"
+    # a checkpoint from before a key existed was built as the key's legacy value says (what
+    # pipeline/networks.py assumes when it loads one)
+    legacy = {k: v for k, v in LEGACY_MODEL.items() if k not in before}
+    before.update(legacy)
+    return [f"{k}={before.get(k)}{' (saved before the key existed)' if k in legacy else ''} "
+            f"(this run: {now.get(k)}; set {k}={before.get(k)} to resume)"
             for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
 
 
@@ -174,6 +191,7 @@ class Trainer:
         self.ctx = build_step_context(cfg, acc, nets)
         self.ema = build_ema(t.stage, t.ema, acc, self.ctx.nets)
         self.step = 0
+        self.resume_changes, self.resume_changes_step = "", 0
         run_id = self._resume()
         skip = self.step * t.grad_accum if cfg.data.resume == "skip" else 0
         seed = t.seed if cfg.data.resume == "skip" else t.seed + self.step
@@ -187,6 +205,9 @@ class Trainer:
                      t.stage, acc.num_processes, acc.mixed_precision,
                      backend if cfg.model.attention.enabled else "off", n_params / 1e6)
         self.tracker.set_tags({"num_processes": acc.num_processes})
+        if self.resume_changes:
+            self.tracker.set_tags({"dina.resume_changes": f"at step {self.resume_changes_step}: "
+                                                          f"{self.resume_changes}"[:5000]})
 
     def _resume(self) -> Optional[str]:
         """Restore state from train.resume; returns the MLflow run to continue, if any."""
@@ -216,15 +237,35 @@ class Trainer:
         if meta.get("stage") != self.cfg.train.stage:
             raise SetupError(f"checkpoint {path} is of stage '{meta.get('stage')}', this run is "
                              f"'{self.cfg.train.stage}'")
-        differences = model_differences(OmegaConf.load(path / "config.yaml"), self.cfg)
+        saved_cfg = OmegaConf.load(path / "config.yaml")
+        differences = model_differences(saved_cfg, self.cfg)
         if differences:
             raise SetupError(f"checkpoint {path} was trained with {', '.join(differences)}; "
                              f"resume with the same model, or use a new train.output_dir")
+        self._note_changes(saved_cfg, path, meta["step"])
         self.accelerator.load_state(str(path))
         self._restore_ema(path)
         self.step = meta["step"]
         log.info("resumed from %s at step %d", path, self.step)
         return meta.get("mlflow_run_id")
+
+    def _note_changes(self, saved_cfg: DictConfig, path: Path, step: int) -> None:
+        """Say which settings differ from the checkpoint's; they are kept for the MLflow run,
+        whose params (logged once, immutable) still show the first values."""
+        before, now = flatten(saved_cfg), flatten(self.cfg)
+        changed = {k: (before.get(k), now.get(k)) for k in sorted(before.keys() | now.keys())
+                   if k != "train.resume" and before.get(k) != now.get(k)}
+        self.resume_changes = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+        self.resume_changes_step = step
+        if changed and self.accelerator.is_main_process:
+            log.warning("resuming %s with changed settings (the MLflow run's params keep the "
+                        "first values; tag dina.resume_changes records these): %s", path,
+                        self.resume_changes)
+        ema_before = float(before.get("train.ema") or 0)
+        if self.ema is None and ema_before > 0 and self.accelerator.is_main_process:
+            log.warning("train.ema=%s (the checkpoint's: %s): its EMA weights are dropped; "
+                        "validation, the checkpoints from here on and inference use the raw "
+                        "weights", now.get("train.ema"), before.get("train.ema"))
 
     def _restore_ema(self, path: Path) -> None:
         """The EMA saved with the checkpoint's generators; the resumed weights where it has none
@@ -437,6 +478,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         result = run(files, overrides)
     except (ConfigError, SetupError, DataError, checkpoint.CheckpointError) as err:
         exit_codes.refuse(f"error: {err}")
+    except KeyboardInterrupt:  # Ctrl-C before the trainer's own handler is in place
+        print("train.py: interrupted (Ctrl-C) while setting up; no step was trained",
+              file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     sys.exit(result["exit_code"])
 
 
