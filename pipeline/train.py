@@ -144,8 +144,9 @@ def lock_output_dir(acc: Accelerator, path: Path) -> Optional[OutputLock]:
     return lock
 
 
-def model_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
-    """`key: saved -> now` for each model key (and optim.name) whose change breaks a resume."""
+def _changed_model_keys(saved: DictConfig, cfg: DictConfig) -> dict[str, tuple]:
+    """{key: (saved value, this run's, saved before the key existed?)} for each model key (and
+    optim.name) whose change breaks a resume."""
     def shaping(c: DictConfig) -> dict[str, str]:
         return {k: v for k, v in flatten(c).items()
                 if (k.startswith("model.") or k == "optim.name") and k not in RESUME_MAY_DIFFER}
@@ -155,9 +156,15 @@ def model_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
     # pipeline/networks.py assumes when it loads one)
     legacy = {k: v for k, v in LEGACY_MODEL.items() if k not in before}
     before.update(legacy)
-    return [f"{k}={before.get(k)}{' (saved before the key existed)' if k in legacy else ''} "
-            f"(this run: {now.get(k)}; set {k}={before.get(k)} to resume)"
-            for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
+    return {k: (before.get(k), now.get(k), k in legacy)
+            for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)}
+
+
+def model_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """`key=saved (this run: now)` for each model key (and optim.name) whose change breaks a
+    resume."""
+    return [f"{k}={a}{' (saved before the key existed)' if old else ''} (this run: {b})"
+            for k, (a, b, old) in _changed_model_keys(saved, cfg).items()]
 
 
 def image_grid(batch: dict, edges: torch.Tensor, output: torch.Tensor, rows: int = 4) -> np.ndarray:
@@ -240,8 +247,11 @@ class Trainer:
         saved_cfg = OmegaConf.load(path / "config.yaml")
         differences = model_differences(saved_cfg, self.cfg)
         if differences:
+            same = " ".join(f"{k}={a}" for k, (a, _, _) in
+                            _changed_model_keys(saved_cfg, self.cfg).items())
             raise SetupError(f"checkpoint {path} was trained with {', '.join(differences)}; "
-                             f"resume with the same model, or use a new train.output_dir")
+                             f"resume with the same model ({same}), or use a new "
+                             f"train.output_dir")
         self._note_changes(saved_cfg, path, meta["step"])
         self.accelerator.load_state(str(path))
         self._restore_ema(path)
