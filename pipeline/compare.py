@@ -228,8 +228,12 @@ def main(argv=None) -> None:
 
     uri = args.tracking_uri or default_uri()
     client = MlflowClient(uri)
+    from pipeline.output_lock import OutputDirBusy, OutputLock
+
     try:
         check_out(Path(args.out))
+        # one comparison per --out: two would interleave their table.md, table.csv and plot
+        OutputLock(Path(args.out), what="--out").acquire()
         wait_for_server(uri, "compare.py")
         references = {}
         for path in args.reference:
@@ -237,7 +241,7 @@ def main(argv=None) -> None:
         summaries, runs = run_summaries(find_runs(client, args.run_ids, args.experiment,
                                                   args.filter))
         rows = {**summaries, **references}
-    except (CompareError, ServerUnreachable) as err:
+    except (CompareError, ServerUnreachable, OutputDirBusy) as err:
         exit_codes.refuse(f"compare.py: error: {err}")
     except MlflowException as err:
         sys.exit(f"compare.py: error: cannot read runs from MLflow at {uri}: {err.message}")
@@ -256,4 +260,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print("compare.py: interrupted (Ctrl-C); --out may hold part of the new table", file=sys.stderr)
+        sys.exit(130)

@@ -93,6 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
     if args.per_bucket is not None and args.per_bucket < 1:
         p.error("--per-bucket must be >= 1")
+    if args.image_size is not None and args.image_size < 1:  # 0 would fall back to the default
+        p.error(f"--image-size {args.image_size}: must be >= 1")
+    if args.num_workers < 0:
+        p.error(f"--num-workers {args.num_workers}: must be >= 0")
     return args
 
 
@@ -220,6 +224,18 @@ def check_out(out: Path) -> None:
         raise EvaluationError(f"--out {out}: cannot write there: {err.strerror or err}") from None
 
 
+def _recover_staging(out: Path) -> None:
+    """With --out's lock held, any `.partial-PID` in it is a dead run's: a run killed while
+    moving its results in may have left the earlier images/ there, which go back first."""
+    for partial in sorted(out.glob(".partial-*")):
+        old_images = partial / "images.old"
+        if old_images.is_dir() and not (out / "images").exists():
+            os.replace(old_images, out / "images")
+            print(f"evaluate.py: restored {out / 'images'} from {old_images} (a run killed while "
+                  f"replacing it)", file=sys.stderr)
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def commit_results(staging: Path, out: Path, with_images: bool) -> None:
     """Move the finished results from `staging` into --out, replacing an earlier run's."""
     with _signals_held():
@@ -257,6 +273,7 @@ def _evaluate(args, out: Path, staging: Path) -> None:
         # one evaluation per --out: two would interleave their files and log each other's
         lock = OutputLock(out, what="--out")
         lock.acquire()
+        _recover_staging(out)
         fill, info, size = load_method(args)
         pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
         if not pairs:
@@ -296,8 +313,9 @@ def _evaluate(args, out: Path, staging: Path) -> None:
     commit_results(staging, out, args.save_images)
     print(table)
     skipped_note = f", {len(skipped)} unreadable images skipped" if skipped else ""
+    weights = f", {info['weights']} weights" if info else ""
     print(f"{len(per_image)} images in {seconds:.1f} s ({timing['images_per_s']:.3g} images/s "
-          f"on {args.device}{skipped_note}); results in {out}")
+          f"on {args.device}{weights}{skipped_note}); results in {out}")
     if not args.no_mlflow:
         try:
             run_id = log_to_mlflow(args, info, summary, out, size)

@@ -25,6 +25,7 @@ temporary name then renamed, so a failed run leaves an existing file as it was.
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import tempfile
 from pathlib import Path
@@ -124,6 +125,9 @@ def write_output(out: str, rgb: np.ndarray, fmt: tuple[str, dict]) -> None:
     except OSError as err:
         part.unlink(missing_ok=True)
         raise InpaintError(f"--out {out}: cannot write: {err.strerror or err}") from None
+    except BaseException:  # Ctrl-C mid-write: no half-written .part file left behind
+        part.unlink(missing_ok=True)
+        raise
 
 
 def pad_to_square(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -232,4 +236,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print("inpaint.py: interrupted (Ctrl-C); --out is as it was (written only when complete)", file=sys.stderr)
+        sys.exit(130)

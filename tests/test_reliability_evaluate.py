@@ -173,3 +173,32 @@ def test_a_signal_mid_run_leaves_out_as_it_was(sample_shards, many_images, tmp_p
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (out / "images").iterdir()) == images_before
     assert not list(out.glob(".partial-*"))
+
+
+def test_a_run_killed_while_moving_its_results_in_is_recovered(sample_shards, tmp_path):
+    """Sibling of #5 in evaluate.py: the images/ swap is two renames too; what a kill between
+    them leaves is put back by the next run on that --out."""
+    out = tmp_path / "ev"
+    common = ["--method", "mean", "--image-size", "32", "--images", sample_shards / "test",
+              "--masks", sample_shards / "masks", "--out", out, "--no-mlflow"]
+    assert _run(*common, "--save-images").returncode == 0
+    images = sorted(p.name for p in (out / "images").iterdir())
+    dead = out / ".partial-999999999"  # as a run killed after the first rename leaves it
+    dead.mkdir()
+    os.replace(out / "images", dead / "images.old")
+    proc = _run(*common)
+    assert proc.returncode == 0, proc.stderr
+    assert f"restored {out / 'images'}" in proc.stderr
+    assert sorted(p.name for p in (out / "images").iterdir()) == images
+    assert not list(out.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("option, value", [("--image-size", "0"), ("--image-size", "-3"),
+                                           ("--num-workers", "-1")])
+def test_evaluate_refuses_sizes_that_would_mean_something_else(sample_shards, tmp_path, option,
+                                                                value):
+    """Sibling of #11: --image-size 0 silently meant the default, 256."""
+    proc = _run("--method", "mean", "--images", sample_shards / "test", "--masks",
+                sample_shards / "masks", "--out", tmp_path / "ev", "--no-mlflow", option, value)
+    assert proc.returncode == 2 and f"{option} {value}: must be" in proc.stderr, proc.stderr
+    assert not (tmp_path / "ev").exists()
