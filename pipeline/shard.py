@@ -272,8 +272,11 @@ def _leftovers(out: Path, kind: str) -> list[tuple[Path, int]]:
     found = []
     if not out.parent.is_dir():
         return found
-    for path in out.parent.glob(f".{out.name}.{kind}-*"):
-        pid = path.name.rsplit("-", 1)[-1]
+    prefix = f".{out.name}.{kind}-"
+    for path in out.parent.iterdir():  # not glob: OUT's name may hold [ or *
+        if not path.name.startswith(prefix):
+            continue
+        pid = path.name[len(prefix):]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             found.append((path, int(pid)))
     return found
