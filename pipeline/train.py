@@ -6,7 +6,7 @@
 YAML files merge in order, then key=value overrides (see pipeline/config.py for every key).
 Exit status: 0 finished; 2 bad config, set-up or data (one line naming the key, file or shards),
 or no space left for a checkpoint (the earlier ones are kept); 3 stopped after too many
-non-finite steps; 124 stopped by SIGTERM/SIGUSR1 (the SLURM scripts requeue on it): after a
+non-finite steps; 124 stopped by SIGTERM/SIGUSR1/Ctrl-C (the SLURM scripts requeue on it): after a
 checkpoint at the next step boundary, or, when no training data comes within 20 s of the
 signal (a stuck stream), at once, keeping the last checkpoint. The codes are defined in
 pipeline/exit_codes.py.

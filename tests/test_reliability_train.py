@@ -19,6 +19,8 @@ from eval_helpers import make_checkpoint
 from test_faults import TRAIN, checkpoint_steps
 from test_train import train_cli
 
+pytestmark = pytest.mark.slow
+
 QUICK = ["train.stage=edge", "train.steps=2", "train.val_every=100"]
 
 
