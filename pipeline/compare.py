@@ -263,5 +263,6 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
-        print("compare.py: interrupted (Ctrl-C); --out may hold part of the new table", file=sys.stderr)
+        print("compare.py: interrupted (Ctrl-C); "
+              "--out may hold part of the new table", file=sys.stderr)
         sys.exit(130)

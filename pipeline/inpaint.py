@@ -239,5 +239,6 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
-        print("inpaint.py: interrupted (Ctrl-C); --out is as it was (written only when complete)", file=sys.stderr)
+        print("inpaint.py: interrupted (Ctrl-C); "
+              "--out is as it was (written only when complete)", file=sys.stderr)
         sys.exit(130)

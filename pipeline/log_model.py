@@ -99,5 +99,6 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
-        print("log_model.py: interrupted (Ctrl-C); a model being logged may be left incomplete in MLflow", file=sys.stderr)
+        print("log_model.py: interrupted (Ctrl-C); "
+              "a model being logged may be left incomplete in MLflow", file=sys.stderr)
         sys.exit(130)

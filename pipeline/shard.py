@@ -297,9 +297,9 @@ def recover_swap(out: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
             print(f"shard.py: removed {old} (the set {out} held before shard.py PID {pid} "
                   f"replaced it)", file=sys.stderr)
-    for partial, pid in _leftovers(out, "partial"):
-        shutil.rmtree(partial, ignore_errors=True)
-        print(f"shard.py: removed {partial} (an unfinished set of shard.py PID {pid})",
+    for unfinished, pid in _leftovers(out, "partial"):
+        shutil.rmtree(unfinished, ignore_errors=True)
+        print(f"shard.py: removed {unfinished} (an unfinished set of shard.py PID {pid})",
               file=sys.stderr)
 
 

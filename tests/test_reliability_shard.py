@@ -1,7 +1,6 @@
 """shard.py's swap of OUT and its stopping, with real processes and signals (issue 22: #5, #24)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
