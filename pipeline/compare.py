@@ -14,16 +14,18 @@ artifacts of a new comparison run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from pipeline import exit_codes
+from pipeline.evaluation.output_folder import OutputFolderError, check_out
 from pipeline.evaluation.plots import write_csv, write_plot
 from pipeline.evaluation.reference import CompareError, load_reference
 from pipeline.evaluation.tables import bucket_table
 from pipeline.tracking.comparison import find_runs, log_comparison, run_summaries
 from pipeline.tracking.runs import DEFAULT_EXPERIMENT, default_uri
+from pipeline.tracking.server import ServerUnreachable, wait_for_server
+from pipeline.training.output_lock import OutputDirBusy, OutputLock
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,20 +53,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = args.tracking_uri or default_uri()
     client = MlflowClient(uri)
     try:
+        check_out(Path(args.out))
+        # one comparison per --out: two would interleave their table.md, table.csv and plot
+        OutputLock(Path(args.out), what="--out").acquire()
+        wait_for_server(uri, "compare.py")
         references = {}
         for path in args.reference:
             references.update(load_reference(path))
         summaries, runs = run_summaries(find_runs(client, args.run_ids, args.experiment,
                                                   args.filter))
         rows = {**summaries, **references}
-    except CompareError as err:
+    except (CompareError, OutputFolderError, OutputDirBusy, ServerUnreachable) as err:
         exit_codes.refuse(f"compare.py: error: {err}")
     except MlflowException as err:
         sys.exit(f"compare.py: error: cannot read runs from MLflow at {uri}: {err.message}")
@@ -83,4 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_codes.run_interruptible(main, "compare.py", "--out may hold part of the new table")

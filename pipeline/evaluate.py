@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,11 +34,16 @@ from pipeline.data.eval_pairs import eval_loader, eval_pairs
 from pipeline.data.shards import DataError
 from pipeline.evaluation.inference import InferenceError
 from pipeline.evaluation.methods import METHODS, load_fill
+from pipeline.evaluation.output_folder import (OutputFolderError, check_out, commit_results,
+                                               recover_staging, staging_folder)
 from pipeline.evaluation.results import write_results
 from pipeline.evaluation.scoring import evaluate
-from pipeline.tracking.evaluation_runs import log_to_mlflow
+from pipeline.stop_signals import exit_status, unwind_on_stop_signals
+from pipeline.tracking.evaluation_runs import evaluation_uri, log_to_mlflow
 from pipeline.tracking.model_source import ModelSourceError, local_checkpoint
 from pipeline.tracking.runs import default_uri
+from pipeline.tracking.server import ServerUnreachable, wait_for_server
+from pipeline.training.output_lock import OutputDirBusy, OutputLock
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,12 +93,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
     if args.per_bucket is not None and args.per_bucket < 1:
         p.error("--per-bucket must be >= 1")
+    if args.image_size is not None and args.image_size < 1:  # 0 would fall back to the default
+        p.error(f"--image-size {args.image_size}: must be >= 1")
+    if args.num_workers < 0:
+        p.error(f"--num-workers {args.num_workers}: must be >= 0")
     return args
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def _prepare(args) -> tuple:
+    """(fill, checkpoint info, image size, loader, skipped images), every input checked and the
+    --out lock held (released at exit) before any work; a bad input exits 2 with one line."""
+    out = Path(args.out)
     try:
+        check_out(out)
+        # one evaluation per --out: two would interleave their files and log each other's
+        OutputLock(out, what="--out").acquire()
+        recover_staging(out, "evaluate.py")
         checkpoint = args.checkpoint and local_checkpoint(args.checkpoint,
                                                           args.tracking_uri or default_uri())
         fill, info = load_fill(args.method, checkpoint, args.edge_checkpoint, args.device,
@@ -100,23 +116,50 @@ def main(argv=None) -> None:
         size = args.image_size or (int(info["cfg"].data.image_size) if info else 256)
         pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
-    except (InferenceError, ModelSourceError, DataError, FileNotFoundError, ValueError) as err:
+        if not args.no_mlflow:  # before the work, not after it
+            wait_for_server(evaluation_uri(args.tracking_uri, info), "evaluate.py")
+    except (OutputFolderError, OutputDirBusy, InferenceError, ModelSourceError, DataError,
+            ServerUnreachable, FileNotFoundError, ValueError) as err:
         exit_codes.refuse(f"evaluate.py: error: {err}")
+    for item in pairs.skipped[:10]:
+        print(f"evaluate.py: skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if len(pairs.skipped) > 10:
+        print(f"evaluate.py: ... {len(pairs.skipped) - 10} more skipped (timing.json lists "
+              f"them)", file=sys.stderr)
+    return fill, info, size, loader, pairs.skipped
 
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    image_dir = out / "images" if args.save_images else None
-    start = time.perf_counter()
-    summary, per_image = evaluate(loader, fill, args.device, image_dir)
-    seconds = time.perf_counter() - start
-
-    label = args.method if info is None else f"{args.method} ({Path(info['path']).name})"
-    timing = {"images": len(per_image), "seconds": seconds,
-              "images_per_s": len(per_image) / seconds, "device": str(args.device),
-              "batch_size": args.batch_size, "image_size": size}
-    print(write_results(out, label, summary, per_image, timing))
+    unwind_on_stop_signals("evaluate.py", "--out holds no result of this run")
+    staging = staging_folder(out)
+    try:
+        fill, info, size, loader, skipped = _prepare(args)
+        staging.mkdir()
+        start = time.perf_counter()
+        summary, per_image = evaluate(loader, fill, args.device,
+                                      staging / "images" if args.save_images else None)
+        seconds = time.perf_counter() - start
+        label = args.method if info is None else f"{args.method} ({Path(info['path']).name})"
+        timing = {"images": len(per_image), "seconds": seconds,
+                  "images_per_s": len(per_image) / seconds, "device": str(args.device),
+                  "batch_size": args.batch_size, "image_size": size, "skipped_images": skipped}
+        table = write_results(staging, label, summary, per_image, timing)
+        if args.save_images:
+            (staging / "images").mkdir(exist_ok=True)
+        commit_results(staging, out, args.save_images)
+    except KeyboardInterrupt as err:
+        print(f"evaluate.py: interrupted ({err}); {out} is as it was (no result of this run "
+              f"was written)", file=sys.stderr)
+        sys.exit(exit_status(err))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(table)
+    notes = (f", {info['weights']} weights" if info else "") + (
+        f", {len(skipped)} unreadable images skipped" if skipped else "")
     print(f"{len(per_image)} images in {seconds:.1f} s ({timing['images_per_s']:.3g} images/s "
-          f"on {args.device}); results in {out}")
+          f"on {args.device}{notes}); results in {out}")
     if not args.no_mlflow:
         try:
             run_id = log_to_mlflow(args, info, summary, out, size)

@@ -72,6 +72,9 @@ def main(argv=None) -> None:
         if not hole.any():
             raise InpaintError(f"mask {args.mask} has no hole pixels (white = hole; "
                                f"--invert-mask if the holes are black)")
+        if hole.all():
+            raise InpaintError(f"mask {args.mask} is all hole: no known pixel to inpaint from "
+                               f"(white = hole; --invert-mask if the holes are black)")
         checkpoint = local_checkpoint(args.checkpoint, default_uri())
         g1, g2, info = load_model(checkpoint, args.edge_checkpoint, args.device,
                                   args.raw_weights)
@@ -90,10 +93,14 @@ def main(argv=None) -> None:
         steps.append(f"{padded}resized to {size}x{size} for the model, prediction resized back")
     exact = ("known pixels unchanged" if fmt[0] != "JPEG" else
              "known pixels are NOT bit-exact: JPEG changed them too (--allow-lossy)")
-    steps.append(f"G1 -> G2 from {info['path']} (step {info['meta'].get('step')}) on "
-                 f"{args.device}; only hole pixels replaced, {exact}")
+    weights = ("EMA weights" if info["weights"] == "ema" else
+               "raw weights" + (" (--raw-weights)" if args.raw_weights else
+                                " (the checkpoint holds no EMA)"))
+    steps.append(f"G1 -> G2 from {info['path']} (step {info['meta'].get('step')}, {weights}) "
+                 f"on {args.device}; only hole pixels replaced, {exact}")
     print("; ".join(steps) + f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    exit_codes.run_interruptible(main, "inpaint.py", "--out is as it was (written only when "
+                                                     "complete)")

@@ -35,7 +35,7 @@ from typing import Optional
 
 from pipeline import exit_codes
 from pipeline.cluster.chain import plan_chain, sweep_points
-from pipeline.cluster.submit import make_executor, submit_chain, wait_and_report
+from pipeline.cluster.submit import SubmitError, make_executor, submit_chain, wait_and_report
 from pipeline.config import ConfigError, split_args
 from pipeline.training.stage_table import STAGES
 
@@ -64,14 +64,23 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="auto: slurm when srun is on PATH, else local")
     p.add_argument("--wait", action="store_true",
                    help="wait for every job and report its final state (exit 1 if any failed)")
-    args = p.parse_args(argv)
+    # intermixed: config files and key=value overrides may also come after an option
+    args = p.parse_intermixed_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
         p.error(f"--stages: {', '.join(bad) or 'empty'} not in {', '.join(STAGES)}")
+    twice = sorted({s for s in stages if stages.count(s) > 1})
+    if twice:  # the second would resume the first's finished run in the same dir: a no-op
+        p.error(f"--stages {args.stages}: {', '.join(twice)} given twice; a chain trains each "
+                f"stage once (use another train.output_dir to train it again)")
     args.stages = stages
     if args.nodes < 1 or args.gpus_per_node < 0:
         p.error("--nodes must be >= 1 and --gpus-per-node >= 0")
+    for option, value in (("--time", args.time), ("--cpus-per-task", args.cpus_per_task),
+                          ("--array-parallelism", args.array_parallelism)):
+        if value is not None and value < 1:
+            p.error(f"{option} {value}: must be at least 1")
     return args
 
 
@@ -92,7 +101,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.cluster == "auto" and not on_slurm:
         print("srun is not on PATH: running the jobs as local processes", file=sys.stderr)
 
-    submitted, chain_stopped = submit_chain(make_executor(args), plan)
+    try:
+        submitted, chain_stopped = submit_chain(make_executor(args), plan)
+    except SubmitError as err:
+        exit_codes.refuse(f"launch.py: error: {err}")
     if args.wait or chain_stopped:
         status = wait_and_report(submitted)
         sys.exit(1 if chain_stopped else status)

@@ -25,6 +25,7 @@ from pipeline.data.cores import usable_cores
 from pipeline.data.samples import JPEG_QUALITY
 from pipeline.data.shard_commands import cmd_dataset, cmd_images, cmd_masks, cmd_sample
 from pipeline.data.shard_writer import ShardError
+from pipeline.stop_signals import STOP_SIGNALS, unwind_on_stop_signals
 
 
 def _positive(text: str) -> int:
@@ -86,14 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop(signum, frame) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the staging folder is removed and OUT stays as it was
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
+    # a stop unwinds like Ctrl-C, so the staging folder is removed and OUT stays as it was
+    unwind_on_stop_signals(f"shard.py {args.command}", "OUT is as it was (the next run removes "
+                                                        "any partial set left beside it)")
     try:
         args.func(args)
     except ShardError as err:
@@ -101,9 +99,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except OSError as err:
         exit_codes.refuse(f"shard.py {args.command}: error: {err.strerror or err}: {err.filename}")
     except KeyboardInterrupt as err:
-        print(f"shard.py {args.command}: interrupted ({err or 'Ctrl-C'}); {args.out} is "
-              f"unchanged", file=sys.stderr)
-        sys.exit(130)
+        where = err.args[1] if len(err.args) > 1 else f"{args.out} is unchanged"
+        for sig in STOP_SIGNALS:  # all is tidied: a further press must not change the status
+            signal.signal(sig, signal.SIG_IGN)
+        print(f"shard.py {args.command}: interrupted ({err.args[0] if err.args else 'Ctrl-C'}); "
+              f"{where}", file=sys.stderr)
+        sys.exit(exit_codes.INTERRUPTED)
 
 
 if __name__ == "__main__":

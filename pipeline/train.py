@@ -6,8 +6,8 @@
 YAML files merge in order, then key=value overrides (see pipeline/config.py for every key).
 Exit status: 0 finished; 2 bad config, set-up or data (one line naming the key, file or shards),
 or no space left for a checkpoint (the earlier ones are kept); 3 stopped after too many
-non-finite steps; 124 stopped by SIGTERM/SIGUSR1 (the SLURM scripts requeue on it): after a
-checkpoint at the next step boundary, or, when no training data comes within 20 s of the
+non-finite steps; 124 stopped by SIGTERM/SIGUSR1 or Ctrl-C (the SLURM scripts requeue on it):
+after a checkpoint at the next step boundary, or, when no training data comes within 20 s of the
 signal (a stuck stream), at once, keeping the last checkpoint. The codes are defined in
 pipeline/exit_codes.py.
 
@@ -43,4 +43,5 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Ctrl-C before the trainer's own handler is in place (it then stops like SIGTERM)
+    exit_codes.run_interruptible(main, "train.py", "set-up stopped, no step was trained")

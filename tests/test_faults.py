@@ -18,17 +18,12 @@ from pipeline.training import checkpoint
 from tests.helpers import PYTHON, REPO, TINY
 from tests.helpers.mlflow_server import free_port, start_server, stop_server
 from tests.helpers.small_disk import small_disk
-from tests.helpers.training import (assert_identical, final_tensors, harness, only_run,
-                                    start_training, tiny_overrides, train_cli, wait_for)
+from tests.helpers.training import (assert_identical, checkpoint_steps, final_tensors, harness,
+                                    only_run, start_training, tiny_overrides, train_cli, wait_for)
 
 TRAIN = str(REPO / "pipeline" / "train.py")
 
 pytestmark = pytest.mark.slow
-
-
-def checkpoint_steps(out: Path) -> list[int]:
-    root = out / "run" / "checkpoints"
-    return sorted(int(p.name.split("-")[1]) for p in root.glob("checkpoint-*")) if root.exists() else []
 
 
 def test_kill9_at_random_steps_then_resume_is_bit_identical(sample_shards, tmp_path):

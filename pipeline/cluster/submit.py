@@ -4,6 +4,8 @@ other) and waiting for the jobs' final states.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import time
 from pathlib import Path
@@ -58,6 +60,26 @@ def wait_and_report(jobs: list[tuple[str, submitit.Job]]) -> int:
     return 1 if failed else 0
 
 
+class SubmitError(RuntimeError):
+    """sbatch refused a stage or could not reach the controller; the message says what was
+    submitted before."""
+
+
+def _submit(executor: submitit.AutoExecutor, stage: str, jobs: list,
+            submitted: list[tuple[str, submitit.Job]]) -> list[submitit.Job]:
+    try:
+        # submitit prints sbatch's stderr itself; the error raised below carries its last line
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            return [executor.submit(job) for job in jobs]
+    except (submitit.core.utils.FailedJobError, OSError, ValueError) as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        why = lines[-1] if lines else err.__class__.__name__
+        done = (f"; already submitted: {', '.join(f'{s} job {h.job_id}' for s, h in submitted)}"
+                if submitted else "; nothing was submitted")
+        raise SubmitError(f"submitting stage {stage} to {executor.cluster} failed ({why}); is "
+                          f"the SLURM controller up (sinfo, scontrol ping)?{done}") from None
+
+
 def submit_chain(executor: submitit.AutoExecutor, plan: list[tuple[str, list]]
                  ) -> tuple[list[tuple[str, submitit.Job]], bool]:
     """Submit every stage's jobs in order; returns (stage, job) for each one submitted and
@@ -78,8 +100,7 @@ def submit_chain(executor: submitit.AutoExecutor, plan: list[tuple[str, list]]
                       file=sys.stderr, flush=True)
                 return submitted, True
         executor.update_parameters(name=f"dina-{stage}", **extra)
-        with executor.batch():
-            handles = [executor.submit(job) for job in jobs]
+        handles = _submit(executor, stage, jobs, submitted)
         for job, handle in zip(jobs, handles):
             print(f"{stage}: job {handle.job_id} -> {job.output_dir}  "
                   f"(log: {handle.paths.stdout})", flush=True)

@@ -71,17 +71,34 @@ def eval_pairs(images: str, masks: str, image_size: int,
     Each pair: image_key, mask_key, bucket, hole_ratio (at image_size), load_image(size) ->
     (rgb, edge), load_mask(size) -> mask.
     """
-    image_list = _list(images, ("jpg", "png", "jpeg"), _image_from_tar, _image_from_file,
-                       with_edge=True)
-    if per_bucket is not None:
-        image_list = image_list[:per_bucket]
+    image_list, skipped = [], []
+    for key, load in _list(images, ("jpg", "png", "jpeg"), _image_from_tar, _image_from_file,
+                           with_edge=True):
+        if per_bucket is not None and len(image_list) == per_bucket:
+            break
+        # decoded once here, so that a bad file is skipped and counted (as shard.py does)
+        # rather than stopping the evaluation mid-run
+        try:
+            load(image_size)
+        except Exception as err:  # noqa: BLE001 - a bad image file is reported, not fatal
+            where = (load.args[0] if load.func is _image_from_file else
+                     f"{load.args[0]} sample {key}")
+            log.warning("eval images: skipping %s: %s", where, err)
+            skipped.append({"path": str(where), "reason": str(err) or repr(err)})
+            continue
+        image_list.append((key, load))
+    if not image_list:
+        raise DataError(f"no readable images in '{images}' ({len(skipped)} skipped, e.g. "
+                        f"{skipped[0]['path']}: {skipped[0]['reason']})")
     by_bucket: dict[int, list] = {b: [] for b in range(len(BUCKETS))}
+    bad_masks = []
     for key, load in _list(masks, ("mask.png",), _mask_from_tar, _mask_from_file,
                              with_edge=False):
         try:
             ratio = hole_ratio(load(image_size))
         except Exception as err:  # noqa: BLE001 - a bad mask file is reported, not fatal
-            log.warning("eval masks: skipping %s: %r", key, err)
+            log.warning("eval masks: skipping %s: %s", key, err)
+            bad_masks.append(f"{key}: {err}")
             continue
         bucket = bucket_of(ratio)
         if bucket is not None:
@@ -96,8 +113,17 @@ def eval_pairs(images: str, masks: str, image_size: int,
             pairs.append({"image_key": key, "mask_key": mask_key, "bucket": bucket,
                           "hole_ratio": ratio, "load_image": load, "load_mask": load_mask_fn})
     if not pairs:
-        raise DataError(f"no usable masks (hole ratio in 0-60 %) in '{masks}'")
-    return pairs
+        why = (f"; {len(bad_masks)} files skipped, e.g. {bad_masks[0]}" if bad_masks else "")
+        raise DataError(f"no usable masks (hole ratio in 0-60 %) in '{masks}'{why}")
+    return _PairList(pairs, skipped=skipped)
+
+
+class _PairList(list):
+    """eval_pairs' pairs; `.skipped` lists the images left out ({path, reason})."""
+
+    def __init__(self, items=(), skipped=None):
+        super().__init__(items)
+        self.skipped = skipped if skipped is not None else []
 
 
 class EvalPairs(Dataset):

@@ -11,7 +11,12 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.data.images import Source, center_square, open_image
+from pipeline.data.images import ImageError, Source, center_square, open_image
+
+# mask pixels between these levels are grey (the levels of evaluation/image_files.py's check, 32
+# and 223 of 255); a file with more than MASK_MAX_GREY of them spread over many levels is a photo
+MASK_GREY_LOW, MASK_GREY_HIGH, MASK_MAX_GREY = 32 / 255, 223 / 255, 0.01
+MASK_LEVELS = 8  # a soft mask keeps at least half its grey pixels on this many levels
 
 # The paper's hole-area groups; bucket i holds ratios in (lo, hi].
 BUCKETS = [(i / 10, (i + 1) / 10) for i in range(6)]
@@ -48,13 +53,31 @@ def mask_levels(img: Image.Image) -> np.ndarray:
     return arr / full
 
 
+def _photo_like(levels: np.ndarray) -> str:
+    """Why the levels are a photo's rather than a mask's, or "" for a mask. A mask may be soft
+    (a few grey levels, binarised at 0.5) or carry JPEG ringing or anti-aliased edges (grey on
+    few pixels); a photo spreads many pixels over many grey levels."""
+    band = levels[(levels >= MASK_GREY_LOW) & (levels <= MASK_GREY_HIGH)]
+    if band.size <= MASK_MAX_GREY * levels.size:
+        return ""
+    counts = np.bincount(np.round(band * 255).astype(np.int64).ravel(), minlength=256)
+    if np.sort(counts)[-MASK_LEVELS:].sum() >= 0.5 * band.size:
+        return ""  # its grey sits on a few levels: a soft mask
+    return (f"{100 * band.size / levels.size:.1f} % of its pixels are grey, spread over "
+            f"{np.count_nonzero(counts)} levels")
+
+
 def load_mask(source: Source, size: int, invert: bool = False) -> np.ndarray:
     """Mask file (white = hole) -> size x size uint8 {0,1}: binarised at 0.5, nearest resize.
 
     Non-square masks are centre-cropped like the images they are paired with. Bad files raise
     ImageError(reason), as images do.
     """
-    hole = mask_levels(open_image(source)) >= 0.5
+    levels = mask_levels(open_image(source))
+    spread = _photo_like(levels)
+    if spread:
+        raise ImageError(f"not a mask: {spread}; a mask is black and white (white = hole)")
+    hole = levels >= 0.5
     if invert:
         hole = ~hole
     return resize_mask(center_square(hole).astype(np.uint8), size)

@@ -96,6 +96,13 @@ def generated_mask(index: int, size: int, seed: int, boxes: bool) -> Result:
     return _mask_result(f"gen_{index:07d}", f"generated seed={seed} index={index}", mask)
 
 
+def _quiet_worker() -> None:
+    """Workers die quietly on the SIGTERM with which the pool stops them and leave Ctrl-C to the
+    main process, which stops the pool (no traceback from each worker)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str
                  ) -> Generator[Result, None, None]:
     """fn over items in input order, on `workers` processes, with a progress bar."""
@@ -104,7 +111,5 @@ def run_parallel(fn: Callable, items: Sequence, workers: int, desc: str
         yield from tqdm(map(fn, items), **bar)
         return
     chunk = max(1, min(32, len(items) // (workers * 8)))
-    # workers die quietly on the SIGTERM with which the pool stops them (not via _stop)
-    with multiprocessing.get_context("fork").Pool(
-            workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
         yield from tqdm(pool.imap(fn, items, chunksize=chunk), **bar)

@@ -20,6 +20,7 @@ from typing import Generator, Iterator, Optional
 from pipeline.data.masks import BUCKETS, bucket_name
 from pipeline.data.samples import Result
 from pipeline.data.shards import OWN_FILE, SHARD_PATTERN
+from pipeline.stop_signals import held_stop_signals
 
 
 class ShardError(RuntimeError):
@@ -123,11 +124,59 @@ def _foreign(path: Path) -> list[Path]:
     return found
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _leftovers(out: Path, kind: str) -> list[tuple[Path, int]]:
+    """(path, pid) of `.OUT.<kind>-PID` siblings whose shard.py process is gone."""
+    found = []
+    if not out.parent.is_dir():
+        return found
+    prefix = f".{out.name}.{kind}-"
+    for path in out.parent.iterdir():  # not glob: OUT's name may hold [ or *
+        if not path.name.startswith(prefix):
+            continue
+        pid = path.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            found.append((path, int(pid)))
+    return found
+
+
+def recover_swap(out: Path) -> None:
+    """Undo what a shard.py killed mid-swap left (the swap is two renames: OUT -> .OUT.old-PID,
+    then .OUT.partial-PID -> OUT). With OUT missing, its old set is moved back; with OUT there,
+    the swap had finished and the old set is removed; a killed run's partial set is removed."""
+    for old, pid in sorted(_leftovers(out, "old"), key=lambda e: e[0].stat().st_mtime,
+                           reverse=True):
+        if not (out.exists() or out.is_symlink()):
+            os.replace(old, out)
+            print(f"shard.py: restored {out} from {old} (its previous set, moved aside by "
+                  f"shard.py PID {pid}, which stopped before the new set took its place)",
+                  file=sys.stderr)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            print(f"shard.py: removed {old} (the set {out} held before shard.py PID {pid} "
+                  f"replaced it)", file=sys.stderr)
+    for unfinished, pid in _leftovers(out, "partial"):
+        shutil.rmtree(unfinished, ignore_errors=True)
+        print(f"shard.py: removed {unfinished} (an unfinished set of shard.py PID {pid})",
+              file=sys.stderr)
+
+
 @contextmanager
 def replaced_when_complete(out: Path) -> Iterator[Path]:
     """A fresh temporary sibling of OUT to write into; it replaces OUT only when the block
     succeeds. On any error or interruption it is removed and OUT is left as it was; only where
-    OUT holds no shards, a set without samples still goes in for its index.json (it says why)."""
+    OUT holds no shards, a set without samples still goes in for its index.json (it says why).
+    What an earlier run killed mid-swap left is recovered first (recover_swap)."""
+    recover_swap(out)
     existed = out.exists() or out.is_symlink()
     if existed:
         foreign = _foreign(out)
@@ -137,22 +186,33 @@ def replaced_when_complete(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+    swapped = []
 
     def swap_in() -> None:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if existed:
-            os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
+        # a stop signal between the two renames waits until both are done (a SIGKILL there is
+        # undone by the next run's recover_swap)
+        with held_stop_signals():
+            if existed:
+                os.replace(out, old)
+            os.replace(staging, out)
+            swapped.append(True)
+            shutil.rmtree(old, ignore_errors=True)
 
     try:
-        yield staging
-        swap_in()
-    except NoSamplesError as err:
-        if existed and any(out.rglob("shard-*.tar")):
-            raise NoSamplesError(f"{err}; {out} is unchanged") from None
-        swap_in()
-        raise NoSamplesError(f"{err}; {out / 'index.json'} lists them") from None
+        try:
+            yield staging
+            swap_in()
+        except NoSamplesError as err:
+            if existed and any(out.rglob("shard-*.tar")):
+                raise NoSamplesError(f"{err}; {out} is unchanged") from None
+            swap_in()
+            raise NoSamplesError(f"{err}; {out / 'index.json'} lists them") from None
+    except KeyboardInterrupt as err:
+        if swapped:  # the signal came during the swap and was held until it was complete
+            raise KeyboardInterrupt(err.args[0] if err.args else "Ctrl-C",
+                                    f"{out} already holds the new, complete set") from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import braceexpand
 
+from pipeline.data.images import IMAGE_EXTS
+
 
 class DataError(ValueError):
     """A data spec that yields nothing usable; the message names it."""
@@ -96,14 +98,18 @@ def resolve_shards(spec: str) -> list[str]:
 def tar_members(path: str) -> dict[str, dict[str, tuple[int, int]]]:
     """key -> {extension: (data offset, size)} for a shard, in tar order."""
     samples: dict[str, dict[str, tuple[int, int]]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, _, name = member.name.rpartition("/")
-            stem, _, ext = name.partition(".")
-            key = f"{folder}/{stem}" if folder else stem
-            samples.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, name = member.name.rpartition("/")
+                stem, _, ext = name.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                samples.setdefault(key, {})[ext.lower()] = (member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"{path} is not a readable tar shard ({err.__class__.__name__}: "
+                        f"{str(err).splitlines()[0]})") from None
     return samples
 
 
@@ -115,6 +121,8 @@ def read_at(path: str, where: tuple[int, int]) -> bytes:
 
 def has_shards(spec: str) -> bool:
     path = Path(spec)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
+        return False  # one image file, not a shard
     return not path.is_dir() or any(path.glob("*.tar")) or (path / "index.json").is_file()
 
 

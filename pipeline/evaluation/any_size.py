@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.decode import batch_from_arrays, float_images, uint8_images
+from pipeline.evaluation.image_files import InpaintError
 from pipeline.evaluation.inference import model_fill
 
 
@@ -35,6 +36,9 @@ def inpaint_image(rgb: np.ndarray, hole: np.ndarray, g1, g2, size: int, device: 
     # the padding is known context; any hole pixel under a low-resolution pixel makes it a hole
     small_mask = (F.adaptive_max_pool2d(square[:, 3:], size) if side >= size else
                   F.interpolate(square[:, 3:], size=(size, size), mode="nearest"))
+    if bool(small_mask.min() > 0):  # the same black output as an all-hole mask
+        raise InpaintError(f"at the model's {size}x{size} every pixel touches the hole: no "
+                           f"known pixel is left to inpaint from")
     # what a saved size x size image holds
     batch = batch_from_arrays(np.stack(uint8_images(small_image)), small_mask[:, 0].numpy() > 0)
     batch = {k: v.to(device) for k, v in batch.items()}

@@ -100,3 +100,6 @@ def write_output(out: str, rgb: np.ndarray, fmt: tuple[str, dict]) -> None:
     except OSError as err:
         part.unlink(missing_ok=True)
         raise InpaintError(f"--out {out}: cannot write: {err.strerror or err}") from None
+    except BaseException:  # Ctrl-C mid-write: no half-written .part file left behind
+        part.unlink(missing_ok=True)
+        raise

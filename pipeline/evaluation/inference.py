@@ -75,10 +75,16 @@ def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str,
     try:
         path = resolve(checkpoint)
         cfg, g1, g2 = load_generators(path, device, raw_weights)
-        if edge_checkpoint:
-            g1 = load_generators(edge_checkpoint, device, raw_weights)[1]
     except CheckpointError as err:
         raise InferenceError(f"checkpoint: {err}") from None
+    if edge_checkpoint:
+        try:
+            g1 = load_generators(edge_checkpoint, device, raw_weights)[1]
+        except CheckpointError as err:
+            raise InferenceError(f"--edge-checkpoint: {err}") from None
+        if g1 is None:  # named as given: the main checkpoint is not the one lacking G1
+            raise InferenceError(f"--edge-checkpoint {edge_checkpoint} holds no edge generator "
+                                 f"G1; give an edge, edge-texture or joint checkpoint")
     if g2 is None:
         raise InferenceError(f"{path} is an edge-stage checkpoint (no texture generator G2); "
                              f"use a texture, edge-texture or joint checkpoint")

@@ -20,8 +20,15 @@ def load_reference(path: str) -> dict[str, dict]:
         doc = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise CompareError(f"reference file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:  # a directory, unreadable, not text
+        raise CompareError(f"reference file {path} cannot be read: "
+                           f"{getattr(err, 'strerror', None) or err}") from None
     except yaml.YAMLError as err:
-        raise CompareError(f"reference file {path} is not valid YAML: {err}") from None
+        # one line: where and what (PyYAML's own message spans several, with a source excerpt)
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise CompareError(f"reference file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
         raise CompareError(f"reference file {path}: expected a mapping with a 'rows' list")
     columns, out = set(bucket_columns()), {}
@@ -30,12 +37,21 @@ def load_reference(path: str) -> dict[str, dict]:
             raise CompareError(f"reference file {path}: rows[{i}] needs a 'name'")
         summary: dict[str, dict[str, float]] = {}
         for metric in METRICS:
-            for column, value in (row.get(metric) or {}).items():
+            cells = row.get(metric) or {}
+            if not isinstance(cells, dict):
+                raise CompareError(f"reference file {path}: rows[{i}].{metric} must map buckets "
+                                   f"to numbers, got {type(cells).__name__} {cells!r}")
+            for column, value in cells.items():
                 if str(column) not in columns:
                     raise CompareError(f"reference file {path}: rows[{i}].{metric} has unknown "
                                        f"bucket '{column}' (use {', '.join(bucket_columns())})")
-                if value is not None:
-                    summary.setdefault(str(column), {})[metric] = float(value)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or value != value:  # NaN
+                    raise CompareError(f"reference file {path}: rows[{i}].{metric}.{column} "
+                                       f"must be a number, got {value!r}")
+                summary.setdefault(str(column), {})[metric] = float(value)
         if summary:
             out[str(row["name"])] = summary
         else:

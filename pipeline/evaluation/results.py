@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.evaluation.tables import bucket_table
 
-RESULT_FILES = ("table.md", "metrics.json", "pairs.json")  # what an evaluation run logs
+RESULT_FILES = ("table.md", "metrics.json", "pairs.json", "timing.json")
 
 
 def write_results(out: Path, label: str, summary: dict, per_image: list, timing: dict) -> str:

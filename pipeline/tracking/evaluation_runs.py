@@ -3,7 +3,6 @@ model holding the same weights, with the test sets as dataset inputs.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,21 +11,27 @@ from pipeline.evaluation.results import RESULT_FILES
 from pipeline.evaluation.tables import flat_metrics
 
 
+def evaluation_uri(tracking_uri: Optional[str], info: Optional[dict]) -> str:
+    """Where an evaluation run goes: the URI given, else the checkpoint's training run's."""
+    from pipeline.tracking.runs import default_uri
+
+    meta = info["meta"] if info else {}
+    return tracking_uri or meta.get("mlflow_tracking_uri") or default_uri()
+
+
 def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_size: int) -> str:
     """A new evaluation run (nested under the checkpoint's run when known); returns its id."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     from mlflow.entities import LoggedModelInput, Metric
     from mlflow.tracking import MlflowClient
 
     from pipeline.tracking.dataset_inputs import dataset_input, spec_name
     from pipeline.tracking.logged_model import find_model
-    from pipeline.tracking.runs import DEFAULT_EXPERIMENT, default_uri
+    from pipeline.tracking.runs import DEFAULT_EXPERIMENT, with_source_tags
     from pipeline.tracking.runs import experiment_id as get_experiment
-    from pipeline.tracking.runs import with_source_tags
 
     meta = info["meta"] if info else {}
     source_run = meta.get("mlflow_run_id")
-    uri = args.tracking_uri or meta.get("mlflow_tracking_uri") or default_uri()
+    uri = evaluation_uri(args.tracking_uri, info)
     client = MlflowClient(uri)
     source_experiment = client.get_run(source_run).info.experiment_id if source_run else None
     experiment_id = ((args.experiment is None and source_experiment)

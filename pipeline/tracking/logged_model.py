@@ -34,8 +34,37 @@ SHA256_TAG = "dina.generators_sha256"
 INFERENCE_FILES = (GENERATORS, "config.yaml")
 
 
+def _as_uint8(images, what: str = "image") -> np.ndarray:
+    """The images as uint8, refusing what a cast would change: floats (a [0, 1] image would turn
+    black), integers outside 0..255 (they would wrap), anything non-numeric."""
+    arr = np.asarray(images)
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind in "iu" or arr.dtype == np.bool_:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"{what} values must lie in 0..255, got {arr.min()}..{arr.max()} "
+                             f"({arr.dtype})")
+        return arr.astype(np.uint8)
+    hint = ("; for floats in [0, 1] pass (x * 255).round().astype(np.uint8)"
+            if arr.dtype.kind == "f" else "")
+    raise ValueError(f"{what} must be uint8 in 0..255, got dtype {arr.dtype}{hint}")
+
+
+def _hole_masks(masks) -> np.ndarray:
+    arr = np.asarray(masks)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"mask must be numeric (non-zero = hole), got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise ValueError("mask holds NaN; use 0 for known pixels and 1 (non-zero) for the hole")
+    return arr > 0
+
+
 class Inpainter(mlflow.pyfunc.PythonModel):
     """G1 -> G2 on images at the checkpoint's size; known pixels are kept."""
+
+    # predict has no type hints on purpose (MLflow would read them as a schema); without this
+    # MLflow warns about that at every import of this module, in every command
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -44,14 +73,24 @@ class Inpainter(mlflow.pyfunc.PythonModel):
         if self.g1 is None or self.g2 is None:
             raise ValueError("this model lacks G1 or G2 and cannot inpaint")
 
-    def predict(self, context, model_input, params=None):  # no hints: MLflow reads them as a schema
-        images = np.asarray(model_input["image"], dtype=np.uint8)
-        masks = np.asarray(model_input["mask"]) > 0
-        if images.ndim == 3:
+    def predict(self, context, model_input, params=None):  # no hints: see above
+        given = np.shape(model_input["image"])
+        images = _as_uint8(model_input["image"])
+        masks = _hole_masks(model_input["mask"])
+        if images.ndim == 3 and images.shape[-1] == 3:  # one image, no batch axis
             images, masks = images[None], masks[None]
-        if images.shape[1:] != (self.size, self.size, 3) or masks.shape != images.shape[:3]:
-            raise ValueError(f"expected image [N,{self.size},{self.size},3] and mask "
-                             f"[N,{self.size},{self.size}], got {images.shape} and {masks.shape}")
+        expected = (f"expected image [N,{self.size},{self.size},3] (RGB, uint8) and mask "
+                    f"[N,{self.size},{self.size}]")
+        if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) \
+                or masks.shape != images.shape[:3]:
+            gray = " (a grayscale image? give RGB)" if len(given) in (2, 3) else ""
+            raise ValueError(f"{expected}, got image {given}{gray} and mask "
+                             f"{np.shape(model_input['mask'])}")
+        if len(images) == 0:
+            raise ValueError(f"{expected} with N >= 1, got no images (N = 0)")
+        full = [i for i, m in enumerate(masks) if m.all()]
+        if full:
+            raise ValueError(f"mask {full[0]} is all hole: no known pixel to inpaint from")
         batch = {k: v.to(self.device) for k, v in batch_from_arrays(images, masks).items()}
         with torch.no_grad():
             out = model_fill(self.g1, self.g2)(batch)  # composited: known pixels kept

@@ -15,7 +15,7 @@ class ModelSourceError(ValueError):
     """A checkpoint URI that does not lead to a dina-inpaint model; the message names it."""
 
 
-def _model_uri(source: str, client) -> str:
+def model_uri(source: str, client) -> str:
     """runs:/RUN_ID[/NAME] -> models:/MODEL_ID of that run's newest logged model (of NAME)."""
     from mlflow.exceptions import MlflowException
 
@@ -37,6 +37,24 @@ def _model_uri(source: str, client) -> str:
     return f"models:/{models[0].model_id}"
 
 
+def existing_model_uri(source: str, client) -> str:
+    """The models:/ URI a runs:/ or models:/ source names, checked to exist (registering a
+    model that is not there would still create its registered name)."""
+    from mlflow.exceptions import MlflowException
+
+    uri = model_uri(source, client)
+    name, _, version = uri[len("models:/"):].partition("/")
+    try:
+        if version.isdigit():
+            client.get_model_version(name, version)
+        elif not version and "@" not in name:  # aliases, "latest": MLflow resolves them
+            client.get_logged_model(name)
+    except MlflowException as err:
+        raise ModelSourceError(f"{source}: no such model ({err.message.splitlines()[0]})"
+                               ) from None
+    return uri
+
+
 def local_checkpoint(source: str, tracking_uri: str) -> str:
     """A checkpoint given as a directory stays as is; a runs:/ or models:/ URI is downloaded
     from MLflow and its inference checkpoint directory returned."""
@@ -47,7 +65,13 @@ def local_checkpoint(source: str, tracking_uri: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = _model_uri(source, MlflowClient(tracking_uri))
+    from pipeline.tracking.server import ServerUnreachable, wait_for_server
+
+    try:
+        wait_for_server(tracking_uri, f"--checkpoint {source}")
+    except ServerUnreachable as err:
+        raise ModelSourceError(f"{source}: {err}") from None
+    uri = model_uri(source, MlflowClient(tracking_uri))
     try:
         # models:/ URIs are looked up through the global tracking and registry URIs
         mlflow.set_tracking_uri(tracking_uri)

@@ -15,7 +15,6 @@ of a finished run the last checkpoint's generators as its logged model (`logged_
 from __future__ import annotations
 
 import logging
-import os
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,7 @@ from pipeline.tracking.checkpoint_table import CHECKPOINT_TABLE, LOGGED_TABLE, C
 from pipeline.tracking.run_records import open_training_run
 from pipeline.tracking.runs import default_run_name, default_uri, run_tags
 from pipeline.tracking.sender import Sender
+from pipeline.tracking.server import limit_mlflow_http
 
 log = logging.getLogger("dina.tracking")
 
@@ -42,8 +42,7 @@ class Tracker:
         if not self.enabled:
             return
         # fail fast inside the thread and retry there, instead of MLflow's minutes of retries
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        limit_mlflow_http()
         self._cfg = cfg
         self._system_metrics = None  # MLflow's monitor, started once the run exists
         self._staging = Path(cfg.train.output_dir) / "tracking"

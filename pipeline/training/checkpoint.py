@@ -243,10 +243,15 @@ def load_generator_weights(path: Path, name: str, net: nn.Module, raw_weights: b
                               f"this run's (they are in its config.yaml)") from None
 
 
+def predated_keys(path: Path) -> list[str]:
+    """The later model keys a checkpoint's config.yaml does not hold (saved before they were)."""
+    cfg = OmegaConf.load(path / "config.yaml")
+    return [k for k in BEFORE_THE_KEY if OmegaConf.select(cfg, k, default=KeyError) is KeyError]
+
+
 def saved_config(path: Path) -> DictConfig:
     """A checkpoint's config.yaml, with the keys it predates set to what it was trained with."""
     cfg = OmegaConf.load(path / "config.yaml")
-    for key, value in BEFORE_THE_KEY.items():
-        if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
-            OmegaConf.update(cfg, key, value)
+    for key in predated_keys(path):
+        OmegaConf.update(cfg, key, BEFORE_THE_KEY[key])
     return cfg

@@ -8,13 +8,15 @@ process), or the same SLURM job (a requeued job resumes its own run, on any node
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 log = logging.getLogger("dina.lock")
 
@@ -23,6 +25,25 @@ LOCK_NAME = ".owner.json"
 
 class OutputDirBusy(RuntimeError):
     """Another live run owns the output directory; the message names it."""
+
+
+class LockFileUnusable(OutputDirBusy):
+    """The lock path is something no run wrote (a directory, ...); the message names it."""
+
+
+def _holder_or_none(text: str) -> Optional[dict]:
+    """The owner record in a lock file's text, or None when it is not one (not JSON, not an
+    object, no integer PID): such a file names nobody who could still own the directory."""
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(holder, dict):
+        return None
+    pid = holder.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return None
+    return holder
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -51,7 +72,7 @@ def _stale_reason(holder: dict, me: dict) -> Optional[str]:
         return None  # its process cannot be checked from here
     if holder.get("pid") == me["pid"]:
         return "this process"
-    started = _start_time(int(holder.get("pid", 0)))
+    started = _start_time(holder["pid"])
     if started is None:
         return f"PID {holder.get('pid')} is no longer running"
     if holder.get("start_time") and started != holder["start_time"]:
@@ -59,44 +80,72 @@ def _stale_reason(holder: dict, me: dict) -> Optional[str]:
     return None
 
 
+@contextmanager
+def _directory_guard(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` for the block; where the file system refuses flock, none
+    (the lock file's own O_EXCL-like link still keeps fresh directories safe)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor drops the flock
+
+
 class OutputLock:
     """Held from acquire() to release() (also released at interpreter exit)."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, what: str = "train.output_dir"):
         self.path = Path(output_dir) / LOCK_NAME
+        self.what = what  # how messages name the directory: the option or key that gave it
         self.held = False
 
     def acquire(self) -> None:
         me = _me()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            self._take_over(me)
-        else:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
+        # Contenders are serialised by an flock on the directory (released by the kernel when a
+        # process dies, so it can never go stale): without it two processes could both judge the
+        # same stale lock and both replace it. The lock file itself appears only complete
+        # (written to a temporary name, then hard-linked into place), so no reader ever sees a
+        # half-written owner record.
+        with _directory_guard(self.path.parent):
+            tmp = self.path.with_name(f"{LOCK_NAME}.{me['pid']}.tmp")
+            tmp.write_text(json.dumps(me))
+            try:
+                os.link(tmp, self.path)  # fails if any lock file (or anything) is there
+            except FileExistsError:
+                self._take_over(me, tmp)
+            finally:
+                tmp.unlink(missing_ok=True)
         self.held = True
         atexit.register(self.release)
 
-    def _take_over(self, me: dict) -> None:
+    def _take_over(self, me: dict, tmp: Path) -> None:
+        if self.path.is_dir() or self.path.is_symlink() or not self.path.exists():
+            raise LockFileUnusable(
+                f"{self.what} {self.path.parent}: {self.path} is not a lock file (a "
+                f"directory or link); remove it")
         try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            holder = {}  # unreadable: a crash mid-write; nobody can be shown to own it
+            holder = _holder_or_none(self.path.read_text())
+        except (OSError, UnicodeDecodeError):
+            holder = None
+        # unreadable or not an owner record: a crash mid-write by an older version, or a
+        # foreign file; nobody can be shown to own the directory
         reason = _stale_reason(holder, me) if holder else "its lock file is unreadable"
         if reason is None:
             job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
             raise OutputDirBusy(
-                f"train.output_dir {self.path.parent} is in use by PID {holder.get('pid')} on "
+                f"{self.what} {self.path.parent} is in use by PID {holder.get('pid')} on "
                 f"host {holder.get('host')}{job} (since {holder.get('since')}); wait for it, stop "
-                f"it, or choose another train.output_dir (remove {self.path} only if that run "
+                f"it, or choose another {self.what} (remove {self.path} only if that run "
                 f"is surely gone)")
         if reason != "this process":
-            log.warning("taking over %s from PID %s on %s: %s", self.path, holder.get("pid"),
-                        holder.get("host"), reason)
-        tmp = self.path.with_name(f"{LOCK_NAME}.{me['pid']}")
-        tmp.write_text(json.dumps(me))
+            log.warning("taking over %s from PID %s on %s: %s", self.path,
+                        holder.get("pid") if holder else None,
+                        holder.get("host") if holder else None, reason)
         os.replace(tmp, self.path)
 
     def release(self) -> None:
@@ -106,7 +155,8 @@ class OutputLock:
         self.held = False
         atexit.unregister(self.release)
         try:
-            if json.loads(self.path.read_text()).get("pid") == os.getpid():
+            holder = _holder_or_none(self.path.read_text())
+            if holder is not None and holder["pid"] == os.getpid():
                 self.path.unlink()
-        except (OSError, ValueError):
+        except (OSError, UnicodeDecodeError):
             pass  # gone or replaced: nothing of ours to remove

@@ -20,15 +20,49 @@ log = logging.getLogger("dina.train")
 RESUME_MAY_DIFFER = ("model.attention.backend", "model.init_gain")
 
 
-def model_differences(saved: DictConfig, cfg: DictConfig) -> list[str]:
-    """`key: saved -> now` for each model key (and optim.name) whose change breaks a resume."""
+def _changed_model_keys(saved: DictConfig, cfg: DictConfig) -> dict[str, tuple[str, str]]:
+    """{key: (saved value, this run's)} for each model key (and optim.name) whose change breaks
+    a resume."""
     def shaping(c: DictConfig) -> dict[str, str]:
         return {k: v for k, v in flatten(c).items()
                 if (k.startswith("model.") or k == "optim.name") and k not in RESUME_MAY_DIFFER}
 
     before, now = shaping(saved), shaping(cfg)
-    return [f"{k}={before.get(k)} (this run: {now.get(k)})"
-            for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
+    return {k: (before.get(k), now.get(k))
+            for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)}
+
+
+def refusal(path: Path, cfg: DictConfig) -> Optional[str]:
+    """Why this run cannot resume from the checkpoint's model (None: it can): each changed key
+    as `key=saved (this run: now)`, then the settings that would resume it."""
+    saved = checkpoint.saved_config(path)
+    changed = _changed_model_keys(saved, cfg)
+    if not changed:
+        return None
+    predates = checkpoint.predated_keys(path)
+    differences = ", ".join(
+        f"{k}={a}{' (saved before the key existed)' if k in predates else ''} (this run: {b})"
+        for k, (a, b) in changed.items())
+    same = " ".join(f"{k}={a}" for k, (a, _) in changed.items())
+    return (f"checkpoint {path} was trained with {differences}; resume with the same model "
+            f"({same}), or use a new train.output_dir")
+
+
+def changed_settings(path: Path, cfg: DictConfig, ema: Optional[GeneratorEMA]) -> str:
+    """Every setting that differs from the checkpoint's, said in the log (the MLflow run's
+    params, logged once and immutable, keep the first values); "" when none."""
+    before, now = flatten(checkpoint.saved_config(path)), flatten(cfg)
+    changed = "; ".join(f"{k}: {before.get(k)} -> {now.get(k)}"
+                        for k in sorted(before.keys() | now.keys())
+                        if k != "train.resume" and before.get(k) != now.get(k))
+    if changed:
+        log.warning("resuming %s with changed settings (the MLflow run's params keep the first "
+                    "values; tag dina.resume_changes records these): %s", path, changed)
+    if ema is None and float(before.get("train.ema") or 0) > 0:
+        log.warning("train.ema=%s (the checkpoint's: %s): its EMA weights are dropped; "
+                    "validation, the checkpoints from here on and inference use the raw weights",
+                    now.get("train.ema"), before.get("train.ema"))
+    return changed
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Optional[Path]:
@@ -59,15 +93,16 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> Optional[Path]:
 def restore(path: Path, cfg: DictConfig, accelerator: Accelerator,
             ema: Optional[GeneratorEMA]) -> dict:
     """Load the checkpoint's state into the prepared networks, optimizers, RNGs and EMA;
-    returns its meta.json (step, MLflow run)."""
+    returns its meta.json (step, MLflow run) and, on the main process, `changed_settings`."""
     meta = checkpoint.verify(path)
     if meta.get("stage") != cfg.train.stage:
         raise SetupError(f"checkpoint {path} is of stage '{meta.get('stage')}', this run is "
                          f"'{cfg.train.stage}'")
-    differences = model_differences(checkpoint.saved_config(path), cfg)
-    if differences:
-        raise SetupError(f"checkpoint {path} was trained with {', '.join(differences)}; "
-                         f"resume with the same model, or use a new train.output_dir")
+    refused = refusal(path, cfg)
+    if refused:
+        raise SetupError(refused)
+    if accelerator.is_main_process:
+        meta["changed_settings"] = changed_settings(path, cfg, ema)
     accelerator.load_state(str(path))
     if ema is not None:
         restore_ema(path, ema)

@@ -20,17 +20,22 @@ class StoppedWhileWaiting(BaseException):
 
 
 class StopRequest:
-    """SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeue. A second signal: exit now.
-    If the next batch does not come within DATA_GRACE_S of the signal, stop without one."""
+    """SIGTERM/SIGUSR1, and Ctrl-C (SIGINT) alike: finish the step, checkpoint, exit for requeue.
+    A second signal: exit now. If the next batch does not come within DATA_GRACE_S of the signal,
+    stop without one."""
 
     def __init__(self):
         self.signum: Optional[int] = None
         self.waiting_for_data = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        # forked DataLoader workers inherit the handler; only this process acts on a signal
+        self.pid = os.getpid()
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
         signal.signal(signal.SIGALRM, self._give_up)
 
     def _handle(self, signum, frame):
+        if os.getpid() != self.pid:
+            return  # a data worker: the trainer decides when the workers stop
         if self.signum is not None:
             log.error("second signal %s: exiting at once", signal.Signals(signum).name)
             sys.stderr.flush()

@@ -111,6 +111,9 @@ class Trainer:
                      t.stage, acc.num_processes, acc.mixed_precision,
                      backend if cfg.model.attention.enabled else "off", n_params / 1e6)
         self.tracker.set_tags({"num_processes": acc.num_processes})
+        if meta.get("changed_settings"):
+            self.tracker.set_tags({"dina.resume_changes": f"at step {self.step}: "
+                                                          f"{meta['changed_settings']}"[:5000]})
 
     def _train_loader(self):
         """The training stream from where this run stands (data.resume: replay or reseed)."""

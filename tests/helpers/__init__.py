@@ -23,3 +23,12 @@ def run_cli(script: str | Path, *args, cwd=None, env=None, timeout: float = 300,
         raise AssertionError(f"{Path(script).name} failed ({proc.returncode}):\n"
                              f"{proc.stderr[-3000:]}")
     return proc
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 2 without a traceback, the last line of stderr naming every needle."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last, proc.stderr

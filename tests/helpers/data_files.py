@@ -142,3 +142,11 @@ def write_masks(root: Path) -> dict[str, str]:
     (root / "truncated.png").write_bytes((root / "quarter.png").read_bytes()[:60])
     expected["truncated.png"] = "truncated"
     return expected
+
+
+def photo_files(folder: Path, count: int, size: int, prefix: str = "p") -> Path:
+    """`count` distinct photo() images as PNG files <prefix>NNN.png in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(photo(size, seed=i)).save(folder / f"{prefix}{i:03d}.png")
+    return folder

@@ -142,3 +142,8 @@ def batch(poison: bool = False) -> dict:
 def one_step(ctx, data: dict) -> tuple[bool, bool]:
     logs = step_function(ctx.stage)(ctx, data)
     return agree_on_step(ctx.accelerator, logs["ok"], False)
+
+
+def checkpoint_steps(out: Path) -> list[int]:
+    root = out / "run" / "checkpoints"
+    return sorted(int(p.name.split("-")[1]) for p in root.glob("checkpoint-*")) if root.exists() else []
