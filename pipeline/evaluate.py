@@ -268,6 +268,8 @@ def _evaluate(args, out: Path, staging: Path) -> None:
     from pipeline.output_lock import OutputDirBusy, OutputLock
     from pipeline.tracking import ServerUnreachable, wait_for_server
 
+    created = not (out.exists() or out.is_symlink())
+    lock = None
     try:
         check_out(out)
         # one evaluation per --out: two would interleave their files and log each other's
@@ -284,6 +286,10 @@ def _evaluate(args, out: Path, staging: Path) -> None:
             wait_for_server(tracking_uri(args, info), "evaluate.py")
     except (EvaluationError, InferenceError, DataError, OutputDirBusy, ServerUnreachable,
             FileNotFoundError, ValueError) as err:
+        if lock is not None and lock.held:
+            lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves no trace
         exit_codes.refuse(f"evaluate.py: error: {err}")
     skipped = getattr(pairs, "skipped", [])
     for item in skipped[:10]:
