@@ -104,10 +104,12 @@ def _prepare(args) -> tuple:
     """(fill, checkpoint info, image size, loader, skipped images), every input checked and the
     --out lock held (released at exit) before any work; a bad input exits 2 with one line."""
     out = Path(args.out)
+    created, lock = not (out.exists() or out.is_symlink()), None
     try:
         check_out(out)
         # one evaluation per --out: two would interleave their files and log each other's
-        OutputLock(out, what="--out").acquire()
+        lock = OutputLock(out, what="--out")
+        lock.acquire()
         recover_staging(out, "evaluate.py")
         checkpoint = args.checkpoint and local_checkpoint(args.checkpoint,
                                                           args.tracking_uri or default_uri())
@@ -120,6 +122,10 @@ def _prepare(args) -> tuple:
             wait_for_server(evaluation_uri(args.tracking_uri, info), "evaluate.py")
     except (OutputFolderError, OutputDirBusy, InferenceError, ModelSourceError, DataError,
             ServerUnreachable, FileNotFoundError, ValueError) as err:
+        if lock is not None and lock.held:
+            lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves no trace
         exit_codes.refuse(f"evaluate.py: error: {err}")
     for item in pairs.skipped[:10]:
         print(f"evaluate.py: skipped {item['path']}: {item['reason']}", file=sys.stderr)

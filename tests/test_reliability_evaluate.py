@@ -86,6 +86,7 @@ def test_photos_given_as_masks_are_refused(sample_shards, tmp_path):
     proc = _run("--method", "mean", "--image-size", "32", "--images", sample_shards / "test",
                 "--masks", PICTURES, "--out", tmp_path / "ev", "--no-mlflow")
     assert_refused(proc, "no usable masks", "not a mask")
+    assert not (tmp_path / "ev").exists()  # a refused run leaves no trace
     proc = run_shard("masks", PICTURES, "--out", tmp_path / "m", "--size", "32", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "not a mask" in proc.stderr

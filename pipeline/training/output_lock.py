@@ -124,7 +124,10 @@ class OutputLock:
         atexit.register(self.release)
 
     def _take_over(self, me: dict, tmp: Path) -> None:
-        if self.path.is_dir() or self.path.is_symlink() or not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
+            os.replace(tmp, self.path)  # its owner released it just now
+            return
+        if self.path.is_dir() or self.path.is_symlink():
             raise LockFileUnusable(
                 f"{self.what} {self.path.parent}: {self.path} is not a lock file (a "
                 f"directory or link); remove it")
