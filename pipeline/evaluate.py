@@ -34,7 +34,9 @@ from pipeline.data.shards import DataError
 from pipeline.evaluation.inference import InferenceError
 from pipeline.evaluation.methods import METHODS, load_fill
 from pipeline.evaluation.results import write_results
+from pipeline.evaluation.perceptual import WeightsError
 from pipeline.evaluation.scoring import evaluate
+from pipeline.evaluation.suite import AUTO, build_suite
 from pipeline.tracking.evaluation_runs import log_to_mlflow
 from pipeline.tracking.model_source import ModelSourceError, local_checkpoint
 from pipeline.tracking.runs import default_uri
@@ -71,6 +73,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save-images", action="store_true", help="write every composited output")
+    p.add_argument("--metrics", default=AUTO,
+                   help="comma list of psnr, ssim, mae (each in our protocol and EdgeConnect's), "
+                        "lpips, fid; 'auto' (default): psnr,ssim,mae plus lpips and fid where "
+                        "their weights are found. An asked-for lpips/fid without weights exits 2")
+    p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex",
+                   help="LPIPS backbone (alex: the LPIPS authors' default; vgg: LaMa's)")
+    p.add_argument("--lpips-weights", help="torchvision's alexnet-owt-7be5be79.pth or "
+                                           "vgg16-397923af.pth (default: the torch hub cache)")
+    p.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: the "
+                                         "torch hub cache)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--tracking-uri", help="MLflow URI (default: the checkpoint's run's, else "
                                           "$MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
@@ -100,14 +112,19 @@ def main(argv=None) -> None:
         size = args.image_size or (int(info["cfg"].data.image_size) if info else 256)
         pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
-    except (InferenceError, ModelSourceError, DataError, FileNotFoundError, ValueError) as err:
+        suite, notes = build_suite(args.metrics, args.device, args.lpips_net, args.lpips_weights,
+                                   args.fid_weights)
+    except (InferenceError, ModelSourceError, DataError, FileNotFoundError, ValueError,
+            WeightsError) as err:
         exit_codes.refuse(f"evaluate.py: error: {err}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     image_dir = out / "images" if args.save_images else None
+    for note in notes:
+        print(f"evaluate.py: note: {note}", file=sys.stderr)
     start = time.perf_counter()
-    summary, per_image = evaluate(loader, fill, args.device, image_dir)
+    summary, per_image = evaluate(loader, fill, args.device, image_dir, suite=suite)
     seconds = time.perf_counter() - start
 
     label = args.method if info is None else f"{args.method} ({Path(info['path']).name})"
