@@ -44,12 +44,11 @@ def summary_from_flat(metrics: Mapping[str, float], prefix: str = ""
 
 def table_rows(runs: Mapping[str, Mapping[str, Mapping[str, float]]]
                ) -> list[tuple[str, str, list[Optional[float]]]]:
-    """(metric, run, [value per column or None]) for each metric any run has, then each run."""
+    """(metric, run, [value per column or None]) for each metric, then each run that has it."""
     columns = bucket_columns()
-    present = [m for m in METRICS
-               if any(m in values for summary in runs.values() for values in summary.values())]
     return [(metric, run, [summary.get(c, {}).get(metric) for c in columns])
-            for metric in present for run, summary in runs.items()]
+            for metric in METRICS for run, summary in runs.items()
+            if any(metric in values for values in summary.values())]
 
 
 def best_per_column(rows: Iterable[tuple[str, str, list[Optional[float]]]]
