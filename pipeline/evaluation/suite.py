@@ -1,12 +1,13 @@
 """The metrics evaluate.py reports, chosen with --metrics, scored per image and averaged per
 hole-area bucket:
 
-| name | metric | protocol |
-|---|---|---|
-| psnr, ssim, l1 | PSNR, SSIM (Gaussian window), mean absolute error | ours: RGB [0, 255] (l1 on [0, 1]) |
-| ec_psnr, ec_ssim, ec_mae | PSNR, SSIM (51-pixel uniform window), relative MAE | EdgeConnect's: grayscale [0, 1] |
-| lpips | LPIPS v0.1 (AlexNet or VGG16) | RGB [0, 1] |
-| fid (+ fid_n, the images it saw) | FID, pt_inception-2015-12-05 pool features | RGB [0, 1], 299 px |
+- psnr, ssim, l1: PSNR, SSIM (Gaussian window), mean absolute error; ours: RGB at [0, 255]
+  (l1 on [0, 1]).
+- ec_psnr, ec_ssim, ec_mae: PSNR, SSIM (51-pixel uniform window), relative MAE; EdgeConnect's
+  protocol: grayscale at [0, 1] (pipeline.evaluation.edgeconnect).
+- lpips: LPIPS v0.1 (AlexNet or VGG16 backbone), RGB at [0, 1].
+- fid, with fid_n (the generated images behind it): FID on pt_inception-2015-12-05's pool
+  features, RGB at [0, 1] resized to 299 px; per bucket against every test image.
 
 `--metrics` names groups: psnr, ssim, mae (each in both protocols), lpips, fid; "auto" is
 psnr,ssim,mae plus lpips and fid where their weights are found.

@@ -41,7 +41,9 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
                             tags=with_source_tags(tags))
     run_id = run.info.run_id
     params = {"method": args.method, "images": args.images, "masks": args.masks,
-              "image_size": image_size, "per_bucket": args.per_bucket}
+              "image_size": image_size, "per_bucket": args.per_bucket,
+              "metrics": getattr(args, "metrics", None),
+              "lpips_net": getattr(args, "lpips_net", None)}
     if info:
         params.update({"checkpoint": info["path"], "checkpoint_step": meta.get("step"),
                        "stage": meta.get("stage"), "weights": info["weights"]})
