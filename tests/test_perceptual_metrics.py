@@ -61,6 +61,20 @@ def test_lpips_equals_the_reference_implementation(monkeypatch, tmp_path, net, b
     assert float(ours(a, a).abs().max()) < 1e-6
 
 
+def test_no_torchvision_on_these_paths():
+    """torchvision does not import beside the project's CPU torch: nothing here may need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from pipeline.evaluation.suite import build_suite; "
+            "s, _ = build_suite('psnr,ssim,mae,lpips,fid', 'cpu', 'alex', 'random', 'random'); "
+            "x = torch.rand(2, 3, 64, 64); "
+            "s.score(x, x.flip(-1), torch.tensor([0, 5]), ['a', 'b']); "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def scipy_fid(real: np.ndarray, fake: np.ndarray) -> float:
     mu1, mu2 = real.mean(0), fake.mean(0)
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
