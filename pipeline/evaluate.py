@@ -17,6 +17,11 @@ Writes OUT_DIR/pairs.json (each pair with its scores), metrics.json, table.md, t
 and with --save-images OUT_DIR/images/<image-stem>__<bucket>.png. Logs the per-bucket metrics
 (psnr/10-20, ...) and the table to a new MLflow evaluation run, nested under the checkpoint's
 training run when meta.json names one (a run per evaluation keeps each table its own row).
+
+--metrics (pipeline.evaluation.suite): PSNR, SSIM and L1/MAE in our protocol and EdgeConnect's
+(grayscale, SSIM window 51: ec_psnr, ec_ssim, ec_mae), LPIPS, and FID per bucket with its image
+count (fid, fid_n). The default, auto, adds LPIPS and FID where their weight files are found
+(pipeline.evaluation.perceptual); naming them without the files exits 2 naming the file.
 """
 from __future__ import annotations
 
