@@ -37,7 +37,7 @@ cat <<TXT
 
 Demo done.
   checkpoints:  runs/demo/edge/checkpoints, runs/demo/texture/checkpoints
-  evaluation:   outputs/demo/eval/table.md (PSNR/SSIM per mask bucket), outputs/demo/eval/images/
+  evaluation:   outputs/demo/eval/table.md (per mask bucket: PSNR, SSIM, L1/MAE in our protocol and EdgeConnect's; LPIPS, FID where their weights are found), outputs/demo/eval/images/
   mean fill:    outputs/demo/eval-mean/table.md (the baseline the model should beat)
   pull-push:    outputs/demo/eval-pull-push/table.md (the fill G2 starts from)
   MLflow:       .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db  (experiment dina-demo)

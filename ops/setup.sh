@@ -24,7 +24,7 @@ if ! "$VENV/bin/python" -c "import natten" 2>/dev/null; then
   pip install --no-build-isolation natten==0.21.7
 fi
 "$VENV/bin/python" - <<'PY'
-import torch, natten, accelerate, webdataset, mlflow, submitit, pytorch_optimizer, omegaconf
+import torch, natten, accelerate, webdataset, mlflow, submitit, pytorch_optimizer, omegaconf, torchmetrics
 print(f"[setup] ok: torch {torch.__version__}, natten {natten.__version__}, "
       f"accelerate {accelerate.__version__}, mlflow {mlflow.__version__}")
 PY

@@ -4,7 +4,9 @@
     python pipeline/compare.py --experiment dina-inpaint [--filter "params.method = 'model'"] \
         [--reference configs/reference/paper_paris.yaml] --out OUT_DIR [--log-run]
 
-Reads the per-bucket metrics psnr/<bucket> and ssim/<bucket> that pipeline/evaluate.py logs.
+Reads the per-bucket metrics that pipeline/evaluate.py logs (psnr/<bucket>, ssim/<bucket>, l1,
+EdgeConnect's ec_psnr / ec_ssim / ec_mae, lpips, fid with fid_n); every row names its protocol,
+and rows from --reference files say "as published".
 Without run ids it takes every FINISHED run tagged dina.kind=evaluation in the experiment(s),
 narrowed by --filter (MLflow search syntax). Writes OUT_DIR/table.md and table.csv (rows:
 metric x run, columns: buckets, best per column marked) and plot.png (PSNR and SSIM against the
@@ -76,9 +78,9 @@ def main(argv=None) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = bucket_table(rows, mark_best=True)
+    table = bucket_table(rows, mark_best=True, published=references)
     (out / "table.md").write_text(table)
-    write_csv(rows, out / "table.csv")
+    write_csv(rows, out / "table.csv", published=references)
     write_plot(rows, set(references), out / "plot.png")
     print(table)
     print(f"{len(runs)} runs compared; table.md, table.csv, plot.png in {out}")

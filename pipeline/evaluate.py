@@ -17,6 +17,11 @@ Writes OUT_DIR/pairs.json (each pair with its scores), metrics.json, table.md, t
 and with --save-images OUT_DIR/images/<image-stem>__<bucket>.png. Logs the per-bucket metrics
 (psnr/10-20, ...) and the table to a new MLflow evaluation run, nested under the checkpoint's
 training run when meta.json names one (a run per evaluation keeps each table its own row).
+
+--metrics (pipeline.evaluation.suite): PSNR, SSIM and L1/MAE in our protocol and EdgeConnect's
+(grayscale, SSIM window 51: ec_psnr, ec_ssim, ec_mae), LPIPS, and FID per bucket with its image
+count (fid, fid_n). The default, auto, adds LPIPS and FID where their weight files are found
+(pipeline.evaluation.perceptual); naming them without the files exits 2 naming the file.
 """
 from __future__ import annotations
 
@@ -36,8 +41,10 @@ from pipeline.evaluation.inference import InferenceError
 from pipeline.evaluation.methods import METHODS, load_fill
 from pipeline.evaluation.output_folder import (OutputFolderError, check_out, commit_results,
                                                recover_staging, staging_folder)
+from pipeline.evaluation.perceptual import WeightsError
 from pipeline.evaluation.results import write_results
 from pipeline.evaluation.scoring import evaluate
+from pipeline.evaluation.suite import AUTO, build_suite
 from pipeline.stop_signals import exit_status, unwind_on_stop_signals
 from pipeline.tracking.evaluation_runs import evaluation_uri, log_to_mlflow
 from pipeline.tracking.model_source import ModelSourceError, local_checkpoint
@@ -83,7 +90,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--experiment", help="MLflow experiment (default: the checkpoint run's, "
                                         "else dina-inpaint)")
     p.add_argument("--run-name", help="MLflow run name (default: eval-<method>-<checkpoint>)")
+    p.add_argument("--metrics", default=AUTO,
+                   help="comma list of psnr, ssim, mae (each in our protocol and EdgeConnect's), "
+                        "lpips, fid; 'auto' (default): psnr,ssim,mae plus lpips and fid where "
+                        "their weights are found. An asked-for lpips/fid without weights exits 2")
+    p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex",
+                   help="LPIPS backbone (alex: the LPIPS authors' default; vgg: LaMa's)")
+    p.add_argument("--lpips-weights", help="torchvision's alexnet-owt-7be5be79.pth or "
+                                           "vgg16-397923af.pth (default: the torch hub cache)")
+    p.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default: the "
+                                         "torch hub cache)")
     args = p.parse_args(argv)
+    _check_args(p, args)
+    return args
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.method == "model" and not args.checkpoint:
         p.error("--method model needs --checkpoint (or use a baseline: --method mean / telea / "
                 "pull-push)")
@@ -97,12 +119,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--image-size {args.image_size}: must be >= 1")
     if args.num_workers < 0:
         p.error(f"--num-workers {args.num_workers}: must be >= 0")
-    return args
 
 
 def _prepare(args) -> tuple:
-    """(fill, checkpoint info, image size, loader, skipped images), every input checked and the
-    --out lock held (released at exit) before any work; a bad input exits 2 with one line."""
+    """(fill, checkpoint info, image size, loader, metric suite, skipped images), every input
+    checked and the --out lock held (released at exit) before any work; a bad input exits 2
+    with one line."""
     out = Path(args.out)
     created, lock = not (out.exists() or out.is_symlink()), None
     try:
@@ -118,10 +140,12 @@ def _prepare(args) -> tuple:
         size = args.image_size or (int(info["cfg"].data.image_size) if info else 256)
         pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
+        suite, notes = build_suite(args.metrics, args.device, args.lpips_net, args.lpips_weights,
+                                   args.fid_weights)
         if not args.no_mlflow:  # before the work, not after it
             wait_for_server(evaluation_uri(args.tracking_uri, info), "evaluate.py")
     except (OutputFolderError, OutputDirBusy, InferenceError, ModelSourceError, DataError,
-            ServerUnreachable, FileNotFoundError, ValueError) as err:
+            ServerUnreachable, WeightsError, FileNotFoundError, ValueError) as err:
         if lock is not None and lock.held:
             lock.release()
         if created and out.is_dir() and not any(out.iterdir()):
@@ -132,7 +156,9 @@ def _prepare(args) -> tuple:
     if len(pairs.skipped) > 10:
         print(f"evaluate.py: ... {len(pairs.skipped) - 10} more skipped (timing.json lists "
               f"them)", file=sys.stderr)
-    return fill, info, size, loader, pairs.skipped
+    for note in notes:
+        print(f"evaluate.py: note: {note}", file=sys.stderr)
+    return fill, info, size, loader, suite, pairs.skipped
 
 
 def main(argv=None) -> None:
@@ -141,11 +167,12 @@ def main(argv=None) -> None:
     unwind_on_stop_signals("evaluate.py", "--out holds no result of this run")
     staging = staging_folder(out)
     try:
-        fill, info, size, loader, skipped = _prepare(args)
+        fill, info, size, loader, suite, skipped = _prepare(args)
         staging.mkdir()
         start = time.perf_counter()
         summary, per_image = evaluate(loader, fill, args.device,
-                                      staging / "images" if args.save_images else None)
+                                      staging / "images" if args.save_images else None,
+                                      suite=suite)
         seconds = time.perf_counter() - start
         label = args.method if info is None else f"{args.method} ({Path(info['path']).name})"
         timing = {"images": len(per_image), "seconds": seconds,

@@ -1,6 +1,12 @@
-"""Inpaint one image of any size with a trained checkpoint.
+"""Inpaint one image of any size, or a folder of them, with a trained checkpoint.
 
     python pipeline/inpaint.py --checkpoint CKPT_DIR --image IMG --mask MASK --out OUT.png
+    python pipeline/inpaint.py --checkpoint CKPT_DIR --images DIR --masks DIR --out OUT_DIR
+
+Folders (pipeline.evaluation.folder_inference): the mask of photo.jpg is masks/photo.* or
+masks/photo_mask.*; each output is OUT_DIR/photo.png; a progress bar runs; bad pairs are skipped
+and listed with their reasons (exit status 2 once the others are done); outputs already in
+OUT_DIR are skipped, so a re-run finishes what an interrupted one left.
 
 How any size is handled: the networks were trained on square images of one size (the
 checkpoint's data.image_size), so the image is reflect-padded to a square (keeping its aspect
@@ -30,6 +36,7 @@ import torch
 
 from pipeline import exit_codes
 from pipeline.evaluation.any_size import inpaint_image
+from pipeline.evaluation.folder_inference import plan_folder, run_folder
 from pipeline.evaluation.image_files import (InpaintError, output_format, read_mask, read_rgb,
                                              write_output)
 from pipeline.evaluation.inference import InferenceError, load_model
@@ -49,8 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--raw-weights", action="store_true",
                    help="use the raw trained weights; by default a checkpoint's EMA weights "
                         "(train.ema) are used where it holds them")
-    p.add_argument("--image", required=True, help="image file, any size")
-    p.add_argument("--mask", required=True, help="mask file of the same size, white = hole")
+    p.add_argument("--image", help="image file, any size")
+    p.add_argument("--mask", help="mask file of the same size, white = hole")
+    p.add_argument("--images", help="a folder of images (with --masks; --out is then a folder)")
+    p.add_argument("--masks", help="a folder of masks named as the images (or <stem>_mask.*)")
     p.add_argument("--invert-mask", action="store_true", help="black = hole")
     p.add_argument("--out", required=True,
                    help="output image; .png/.bmp/.tif/.ppm/.webp keep known pixels bit-exact")
@@ -58,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="allow a .jpg/.jpeg --out (known pixels then change too)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    if not ((args.image and args.mask and not (args.images or args.masks))
+            or (args.images and args.masks and not (args.image or args.mask))):
+        p.error("give --image and --mask (one image) or --images and --masks (folders)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
     return args
@@ -65,6 +77,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.images:
+        try:
+            plan = plan_folder(args.images, args.masks, args.out)
+            if plan.todo:
+                g1, g2, info = load_model(local_checkpoint(args.checkpoint, default_uri()),
+                                          args.edge_checkpoint, args.device, args.raw_weights)
+                run_folder(plan, g1, g2, int(info["cfg"].data.image_size), args.device,
+                           args.invert_mask)
+        except (InpaintError, InferenceError, ModelSourceError) as err:
+            exit_codes.refuse(f"inpaint.py: error: {err}")
+        print(plan.report())
+        if plan.bad:
+            exit_codes.refuse(f"inpaint.py: error: {len(plan.bad)} bad pair(s) skipped, listed "
+                              f"above; the other images are done")
+        return
     try:
         fmt = output_format(args.out, args.allow_lossy)
         rgb = read_rgb(args.image)

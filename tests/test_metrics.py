@@ -123,7 +123,7 @@ def test_bucket_table_layout_and_best_marks():
                       "overall": {"psnr": 27.0, "ssim": 0.93}}}
     lines = bucket_table(runs, mark_best=True).splitlines()
     assert lines[0] == ("| Metric | Run | 0-10 % | 10-20 % | 20-30 % | 30-40 % | 40-50 % "
-                        "| 50-60 % | overall |")
+                        "| 50-60 % | overall | Protocol |")
     assert [line.split(" | ")[:2] for line in lines[2:]] == [
         ["| PSNR", "ours"], ["| PSNR", "telea"], ["| SSIM", "ours"], ["| SSIM", "telea"]]
     assert lines[2].startswith("| PSNR | ours | **31.50** | – |")

@@ -20,9 +20,7 @@ from pipeline.data.images import canny_edges
 from pipeline.models.contract import inpaint
 from pipeline.models.factory import build_network
 from pipeline.training.checkpoint import (CheckpointError, generator_states, holds_ema,
-                                          pick_weights, resolve)
-
-from pipeline.training.checkpoint import saved_config
+                                          pick_weights, resolve, saved_config)
 
 # batch (tensors on the device) -> prediction [B,3,H,W] in [0, 1], to be composited
 Fill = Callable[[dict], torch.Tensor]

@@ -5,24 +5,25 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Iterable
 
 from pipeline.data.masks import BUCKETS
 from pipeline.evaluation.metrics import METRICS, OVERALL, bucket_columns
-from pipeline.evaluation.tables import best_per_column, table_rows
+from pipeline.evaluation.tables import best_per_column, protocol, table_rows
 
 
-def write_csv(runs: dict[str, dict], path: Path) -> None:
+def write_csv(runs: dict[str, dict], path: Path, published: Iterable[str] = ()) -> None:
     rows = table_rows(runs)
     best = best_per_column(rows)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         columns = bucket_columns()
-        writer.writerow(["metric", "run", *columns, "best_in"])
+        writer.writerow(["metric", "run", *columns, "best_in", "protocol"])
         for metric, run, values in rows:
             best_in = [columns[j] for j, v in enumerate(values) if v is not None
                        and best.get((metric, j)) == v]
             writer.writerow([metric, run, *["" if v is None else repr(v) for v in values],
-                             " ".join(best_in)])
+                             " ".join(best_in), protocol(metric, run, published)])
 
 
 def write_plot(runs: dict[str, dict], references: set[str], path: Path) -> None:

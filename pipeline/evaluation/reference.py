@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.evaluation.metrics import METRICS, bucket_columns
+from pipeline.evaluation.metrics import bucket_columns
+from pipeline.evaluation.tables import METRICS
 
 
 class CompareError(RuntimeError):

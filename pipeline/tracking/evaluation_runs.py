@@ -26,8 +26,9 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
 
     from pipeline.tracking.dataset_inputs import dataset_input, spec_name
     from pipeline.tracking.logged_model import find_model
-    from pipeline.tracking.runs import DEFAULT_EXPERIMENT, with_source_tags
+    from pipeline.tracking.runs import DEFAULT_EXPERIMENT
     from pipeline.tracking.runs import experiment_id as get_experiment
+    from pipeline.tracking.runs import with_source_tags
 
     meta = info["meta"] if info else {}
     source_run = meta.get("mlflow_run_id")
@@ -46,7 +47,9 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
                             tags=with_source_tags(tags))
     run_id = run.info.run_id
     params = {"method": args.method, "images": args.images, "masks": args.masks,
-              "image_size": image_size, "per_bucket": args.per_bucket}
+              "image_size": image_size, "per_bucket": args.per_bucket,
+              "metrics": getattr(args, "metrics", None),
+              "lpips_net": getattr(args, "lpips_net", None)}
     if info:
         params.update({"checkpoint": info["path"], "checkpoint_step": meta.get("step"),
                        "stage": meta.get("stage"), "weights": info["weights"]})
