@@ -59,7 +59,7 @@ def test_an_untrained_coarse_fill_g2_returns_the_fill_and_learns_a_correction():
     x = torch.cat([image * (1 - mask), torch.rand(2, 1, 32, 32), mask], dim=1)
     out = g2(x)
     fill = pull_push_fill(image * (1 - mask), mask)
-    torch.testing.assert_close(out, fill, atol=1e-3, rtol=0)  # only the logit clamp differs
+    assert torch.equal(out, fill)  # bit for bit: no clamp or round-off on the known pixels
     (out - image).abs().mean().backward()
     assert g2.head.weight.grad.abs().sum() > 0  # the zero head still learns
 
@@ -70,3 +70,19 @@ def test_an_untrained_coarse_fill_g2_returns_the_fill_and_learns_a_correction():
 def test_an_unknown_coarse_fill_is_named():
     with pytest.raises(ConfigError, match="model.coarse_fill"):
         load_config(overrides=TINY + ["model.coarse_fill=telea"])
+
+
+def test_known_pixels_of_an_untrained_coarse_fill_g2_add_no_l1_gradient():
+    """Where G2 has not moved a known pixel, L1 over the whole image has nothing to push there:
+    the head's gradient is the hole's alone."""
+    from pipeline.losses import hole_weighted_l1
+    g2 = build_network("g2", load_config(overrides=TINY + ["model.coarse_fill=pull-push"]).model)
+    torch.manual_seed(1)
+    image, mask = torch.rand(2, 3, 32, 32), hole(32, 32, (4, 20, 6, 30)).expand(2, 1, 32, 32)
+    x = torch.cat([image * (1 - mask), torch.rand(2, 1, 32, 32), mask], dim=1)
+    grads = []
+    for known_pixels in (False, True):
+        g2.zero_grad()
+        hole_weighted_l1(g2(x), image, mask, known_pixels).backward()
+        grads.append(g2.head.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

@@ -36,11 +36,14 @@ def test_stages_chain_edge_texture_joint(sample_shards, tmp_path, fresh_accelera
     run_info = client.get_run(meta["mlflow_run_id"])
     assert run_info.data.tags["stage"] == "edge"
     assert "edge/g" in run_info.data.metrics and "train/samples_per_s" in run_info.data.metrics
+    # whether D1 tells real from fake at all: its accuracy on each side
+    assert {"edge/d_real_acc", "edge/d_fake_acc"} <= run_info.data.metrics.keys()
     # G1's edges in the held-out holes, against the whole image's Canny edges
     assert {"val/edge_precision", "val/edge_recall"} <= run_info.data.metrics.keys()
     texture_run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'texture' / 'mlflow.db'}").get_run(
         results["texture"]["run_id"])
     assert "val/psnr/overall" in texture_run.data.metrics
+    assert {"texture/d_real_acc", "texture/d_fake_acc"} <= texture_run.data.metrics.keys()
     assert "val_raw/psnr/overall" in texture_run.data.metrics  # EMA on: raw weights scored too
 
 

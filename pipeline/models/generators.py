@@ -113,9 +113,9 @@ class TextureGenerator(Generator):
 
     With `spec.coarse_fill="pull-push"` the hole arrives filled by pull_push_fill instead of
     zeros, and the network's output is a correction to that fill in logit space,
-    sigmoid(logit(fill) + 2 h) (= (tanh(h + atanh(2 fill - 1)) + 1) / 2). Its head starts at
-    zero, so an untrained G2 returns the fill: it need not learn each image's colours from
-    scratch through instance norms that remove them, only the detail a smooth fill lacks."""
+    fill + sigmoid(logit(fill) + 2 h) - sigmoid(logit(fill)). Its head starts at zero, so an
+    untrained G2 returns the fill exactly: it need not learn each image's colours from scratch
+    through instance norms that remove them, only the detail a smooth fill lacks."""
 
     FILL_EPS = 1e-3  # keeps logit(fill) finite on black and white pixels
 
@@ -132,4 +132,9 @@ class TextureGenerator(Generator):
         fill = pull_push_fill(x[:, :3], x[:, 4:5])
         correction = super().forward(torch.cat([fill, x[:, 3:self.reads]], dim=1))
         prior = torch.logit(fill.clamp(self.FILL_EPS, 1 - self.FILL_EPS))
-        return torch.sigmoid(prior + 2 * correction)
+        # the fill plus the change the correction makes, not sigmoid(prior + 2h) itself: that
+        # differs from the fill by the clamp and round-off, so on known pixels L1's sign
+        # gradient was +-1 noise, twice the hole's and opposed to it; here h = 0 is the fill
+        # bit for bit and the known pixels pull only where G2 really moves them
+        change = torch.sigmoid(prior + 2 * correction) - torch.sigmoid(prior)
+        return (fill + change).clamp(0, 1)

@@ -22,6 +22,14 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
     return (real + fake) / 2
 
 
+def discriminator_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(share of real patches D calls real, share of fake patches it calls fake): logit > 0 is
+    "real". Both near 0.5 mean D tells nothing apart, whatever its loss."""
+    with torch.no_grad():
+        return (real_logits > 0).float().mean(), (fake_logits <= 0).float().mean()
+
+
 def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 

@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from pipeline.models.contract import complete_edges, composite, edge_inputs, texture_inputs
-from pipeline.training.losses import (VGGLoss, discriminator_loss, feature_matching_loss,
-                                      generator_adversarial_loss, hole_weighted_l1)
+from pipeline.training.losses import (VGGLoss, discriminator_accuracy, discriminator_loss,
+                                      feature_matching_loss, generator_adversarial_loss,
+                                      hole_weighted_l1)
 from pipeline.training.optim import skips_non_finite_on_device
 from pipeline.training.stage_table import STAGES
 
@@ -108,7 +109,9 @@ def _edge_losses(ctx: StepContext, batch: dict, pred: torch.Tensor,
     real_logits, real_features = ctx.nets["d1"](real)
     fake_logits, _ = ctx.nets["d1"](fake.detach())
     d_loss = discriminator_loss(real_logits, fake_logits)
-    logs = {"edge/d": d_loss, "ok": optimise(ctx, d_loss, ("d1",), after)}
+    real_acc, fake_acc = discriminator_accuracy(real_logits, fake_logits)
+    logs = {"edge/d": d_loss, "edge/d_real_acc": real_acc, "edge/d_fake_acc": fake_acc,
+            "ok": optimise(ctx, d_loss, ("d1",), after)}
     with frozen(ctx.plain("d1")) as d1:
         fake_logits, fake_features = d1(fake)
     adv = generator_adversarial_loss(fake_logits)
@@ -123,8 +126,11 @@ def _texture_losses(ctx: StepContext, batch: dict, pred: torch.Tensor,
     """D2 update, then G2's L1 + adversarial + perceptual + style loss (not yet applied); logs["ok"]
     is D2's flag, as in _edge_losses."""
     w, image = ctx.loss_cfg, batch["image"]
-    d_loss = discriminator_loss(ctx.nets["d2"](image)[0], ctx.nets["d2"](pred.detach())[0])
-    logs = {"texture/d": d_loss, "ok": optimise(ctx, d_loss, ("d2",), after)}
+    real_logits, fake_logits = ctx.nets["d2"](image)[0], ctx.nets["d2"](pred.detach())[0]
+    d_loss = discriminator_loss(real_logits, fake_logits)
+    real_acc, fake_acc = discriminator_accuracy(real_logits, fake_logits)
+    logs = {"texture/d": d_loss, "texture/d_real_acc": real_acc, "texture/d_fake_acc": fake_acc,
+            "ok": optimise(ctx, d_loss, ("d2",), after)}
     with frozen(ctx.plain("d2")) as d2:
         adv = generator_adversarial_loss(d2(pred)[0])
     l1 = hole_weighted_l1(pred, image, batch["mask"], w.l1_known_pixels)
