@@ -75,7 +75,7 @@ def test_an_unknown_coarse_fill_is_named():
 def test_known_pixels_of_an_untrained_coarse_fill_g2_add_no_l1_gradient():
     """Where G2 has not moved a known pixel, L1 over the whole image has nothing to push there:
     the head's gradient is the hole's alone."""
-    from pipeline.losses import hole_weighted_l1
+    from pipeline.training.losses import hole_weighted_l1
     g2 = build_network("g2", load_config(overrides=TINY + ["model.coarse_fill=pull-push"]).model)
     torch.manual_seed(1)
     image, mask = torch.rand(2, 3, 32, 32), hole(32, 32, (4, 20, 6, 30)).expand(2, 1, 32, 32)

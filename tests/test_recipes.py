@@ -27,6 +27,15 @@ def test_the_project_recipe_differs_from_the_papers_in_the_listed_keys_only():
     assert differing(paper, project) == PROJECT_CHANGES
 
 
+def test_the_texture_layer_changes_the_listed_keys_only():
+    """A key added to the layer, or a default that moves under it, shows up here."""
+    project = flatten(load_config([str(RECIPES / "project.yaml")]))
+    layered = flatten(load_config([str(RECIPES / "project.yaml"),
+                                   str(RECIPES / "project-texture.yaml")]))
+    assert differing(project, layered) == {"loss.l1_known_pixels", "loss.perceptual",
+                                           "loss.style", "loss.adv_texture", "optim.g_lr"}
+
+
 def keys_set_by(path: Path) -> set[str]:
     """Dotted keys the file sets (values unresolved: an interpolation may point elsewhere)."""
     import yaml
