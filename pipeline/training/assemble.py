@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.models.dina import DiNA
@@ -26,14 +27,22 @@ class SetupError(RuntimeError):
     """Something to fix before training can start; the message says what."""
 
 
+def initial_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
+    """The stage's networks freshly initialised from train.seed: identical on every rank, and
+    rebuilt by evaluation as the untrained start of a trained run."""
+    sources = {g for g, key in CHECKPOINT_KEY.items() if OmegaConf.select(cfg, key)}
+    set_seed(cfg.train.seed)
+    wanted = STAGES[cfg.train.stage].networks(sources)
+    return {name: build_network(name, cfg.model) for name in NETWORKS if name in wanted}
+
+
 def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
     """The stage's networks; a generator whose checkpoint key is set is loaded from it: the
     weights that were trained when this stage trains it further, its EMA (where saved) when it
     is only used or carried, as inference would use it."""
     sources = {g: OmegaConf.select(cfg, key) for g, key in CHECKPOINT_KEY.items()}
     stage = STAGES[cfg.train.stage]
-    wanted = stage.networks({g for g, source in sources.items() if source})
-    nets = {name: build_network(name, cfg.model) for name in NETWORKS if name in wanted}
+    nets = initial_networks(cfg)
     for name, source in sources.items():
         if source and name in nets:
             try:

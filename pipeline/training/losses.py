@@ -40,6 +40,20 @@ def feature_matching_loss(real_features: list[torch.Tensor],
     return sum(F.l1_loss(fake, real.detach()) for real, fake in zip(real_features, fake_features))
 
 
+def hole_edge_bce(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor,
+                  balance: float) -> torch.Tensor:
+    """BCE of edge probabilities against the true edges over the hole pixels, each edge pixel
+    weighted by (non-edge pixels / edge pixels) ** balance: rare edges are not worth drawing to
+    an unweighted BCE. Computed in float32 on the device (no host sync)."""
+    p = pred.float().clamp(1e-6, 1 - 1e-6)
+    hole = (mask > 0.5).float()
+    edge = (truth > 0.5).float() * hole
+    n_edge = edge.sum()
+    weight = ((hole.sum() - n_edge) / n_edge.clamp_min(1)).clamp_min(1) ** balance
+    pixels = -(weight * edge * p.log() + (hole - edge) * (1 - p).log())
+    return pixels.sum() / (hole.sum() + (weight - 1) * n_edge).clamp_min(1)
+
+
 def hole_weighted_l1(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                      known_pixels: bool = False) -> torch.Tensor:
     """L1 divided by the hole fraction: over the hole only (the composite keeps the known

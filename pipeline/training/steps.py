@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.models.contract import complete_edges, composite, edge_inputs, texture_inputs
 from pipeline.training.losses import (VGGLoss, discriminator_accuracy, discriminator_loss,
                                       feature_matching_loss, generator_adversarial_loss,
-                                      hole_weighted_l1)
+                                      hole_edge_bce, hole_weighted_l1)
 from pipeline.training.optim import skips_non_finite_on_device
 from pipeline.training.stage_table import STAGES
 
@@ -117,7 +117,11 @@ def _edge_losses(ctx: StepContext, batch: dict, pred: torch.Tensor,
     adv = generator_adversarial_loss(fake_logits)
     fm = feature_matching_loss(real_features, fake_features)
     g_loss = w.adv_edge * adv + w.feature_matching * fm
-    logs.update({"edge/g_adv": adv, "edge/g_fm": fm, "edge/g": g_loss})
+    logs.update({"edge/g_adv": adv, "edge/g_fm": fm})
+    if w.edge_bce:
+        logs["edge/g_bce"] = hole_edge_bce(pred, batch["edge"], batch["mask"], w.edge_bce_balance)
+        g_loss = g_loss + w.edge_bce * logs["edge/g_bce"]
+    logs["edge/g"] = g_loss
     return logs, g_loss
 
 

@@ -9,7 +9,6 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -88,7 +87,6 @@ class Trainer:
                                              gradient_accumulation_steps=t.grad_accum,
                                              cpu=not torch.cuda.is_available())
         self.stop = StopRequest()  # from here on a signal means "stop cleanly at a step boundary"
-        set_seed(t.seed)  # identical initial weights on every rank
         self.output_dir = Path(t.output_dir)
         nets = build_networks(cfg)
         n_params = sum(p.numel() for n in nets.values() for p in n.parameters())

@@ -15,7 +15,8 @@ from pipeline.evaluation.inference import known_region_edges
 from pipeline.evaluation.metrics import edge_accuracy
 from pipeline.evaluation.scoring import evaluate
 from pipeline.evaluation.tables import flat_metrics
-from pipeline.models.contract import complete_edges, inpaint
+from pipeline.models.coarse_fill import pull_push_fill
+from pipeline.models.contract import complete_edges, composite, inpaint
 
 
 def validation_batch(data_cfg: DictConfig, device: torch.device) -> Optional[dict]:
@@ -30,6 +31,14 @@ def validation_batch(data_cfg: DictConfig, device: torch.device) -> Optional[dic
     batch["edge_truth"] = batch["edge"]
     batch["edge"] = known_region_edges(batch)
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def no_learning_edges(batch: dict) -> torch.Tensor:
+    """The edges a G1 that learned nothing could draw: Canny of the pull-push-filled image in the
+    hole, the known region's edges outside it; G1's edge F1 is read beside theirs."""
+    filled = composite(pull_push_fill(batch["image"], batch["mask"]), batch["image"],
+                       batch["mask"])
+    return known_region_edges({**batch, "image": filled, "mask": torch.zeros_like(batch["mask"])})
 
 
 def image_grid(batch: dict, edges: torch.Tensor, output: torch.Tensor, rows: int = 4) -> np.ndarray:
@@ -50,6 +59,10 @@ class Validator:
         self.log_images = cfg.tracking.log_images
         self.batch = (validation_batch(cfg.data, accelerator.device)
                       if accelerator.is_main_process else None)
+        self.edge_baseline = None  # the no-learning edges' scores, logged beside G1's
+        if self.batch is not None and "g1" in trained:
+            self.edge_baseline = edge_accuracy(no_learning_edges(self.batch),
+                                               self.batch["edge_truth"], self.batch["mask"])
 
     @torch.no_grad()
     def __call__(self, step: int, nets: dict[str, torch.nn.Module],
@@ -85,6 +98,9 @@ class Validator:
             tracker.log_metrics(flat_metrics(summary, prefix), step)
         if "g1" in self.trained:  # G1's edges in the hole against the image's own Canny edges
             accuracy = edge_accuracy(edges, batch["edge_truth"], batch["mask"])
+            if prefix == "val/":
+                accuracy.update({f"pull_push_canny/{k}": v
+                                 for k, v in self.edge_baseline.items()})
             tracker.log_metrics({prefix + k: v for k, v in accuracy.items()}, step)
         if prefix == "val/" and self.log_images:
             tracker.log_image(image_grid(batch, edges, output), f"samples-{step:08d}.png",

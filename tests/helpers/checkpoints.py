@@ -26,10 +26,12 @@ def trained_looking(name: str, model_cfg) -> torch.nn.Module:
 
 def make_checkpoint(out: Path, stage: str = "joint", generators: tuple[str, ...] = ("g1", "g2"),
                     mlflow_run_id: Optional[str] = None, mlflow_tracking_uri: Optional[str] = None,
-                    seed: int = 0, ema_seed: Optional[int] = None) -> Path:
-    """A checkpoint dir written by training.checkpoint.save: tiny preset (32 px), seeded weights.
+                    seed: int = 0, ema_seed: Optional[int] = None,
+                    overrides: tuple[str, ...] = ()) -> Path:
+    """A checkpoint dir written by training.checkpoint.save: tiny preset (32 px) with
+    `overrides`, seeded weights.
     With `ema_seed`, also g1_ema / g2_ema: the weights `seed=ema_seed` would give."""
-    overrides = [f"train.stage={stage}", f"train.output_dir={out}"]
+    overrides = [*overrides, f"train.stage={stage}", f"train.output_dir={out}"]
     overrides += [f"{CHECKPOINT_KEY[g]}=unused-by-evaluation" for g in STAGES[stage].needs]
     cfg = load_config([TINY], overrides)
     torch.manual_seed(seed)
