@@ -77,6 +77,9 @@ class ModelConfig:
     # recipe): G2's hole arrives filled by pull-push interpolation of the known pixels and G2
     # learns a correction to that fill, starting from it (models/coarse_fill.py)
     coarse_fill: str = "none"
+    # "pull-push" (the project's recipe): G1's grayscale input has its hole filled the same way
+    # instead of white, so G1 continues the edges of a smooth fill; "none" (default): the paper's
+    edge_fill: str = "none"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
@@ -88,7 +91,7 @@ class LossConfig:
     # from D1 alone): BCE with the positives weighted by (non-edges / edges) ** edge_bce_balance,
     # 0 plain, 1 both classes equal in total (edges are ~4 % of hole pixels)
     edge_bce: float = 0.0
-    edge_bce_balance: float = 0.5
+    edge_bce_balance: float = 1.0
     l1: float = 1.0
     # G2's L1 also scores its raw output on the known pixels, as EdgeConnect's does. From the
     # coarse fill this teaches G2 to leave the fill alone where it is right; scored on the hole
@@ -254,8 +257,9 @@ def _validate_choices(cfg: DictConfig) -> None:
            f"'{m.attention.backend}' is not one of {', '.join(BACKENDS)}")
     _check(m.upsample in UPSAMPLERS, "model.upsample",
            f"'{m.upsample}' is not one of {', '.join(UPSAMPLERS)}")
-    _check(m.coarse_fill in COARSE_FILLS, "model.coarse_fill",
-           f"'{m.coarse_fill}' is not one of {', '.join(COARSE_FILLS)}")
+    for key in ("coarse_fill", "edge_fill"):
+        _check(m[key] in COARSE_FILLS, f"model.{key}",
+               f"'{m[key]}' is not one of {', '.join(COARSE_FILLS)}")
     _check(t.mixed_precision in (None, *PRECISIONS), "train.mixed_precision",
            f"'{t.mixed_precision}' is not one of {', '.join(PRECISIONS)}")
     _check(d.resume in ("skip", "reseed"), "data.resume", "must be 'skip' or 'reseed'")

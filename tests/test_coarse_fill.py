@@ -67,9 +67,28 @@ def test_an_untrained_coarse_fill_g2_returns_the_fill_and_learns_a_correction():
     assert (plain(x) - fill).abs().mean() > 0.05  # the paper's G2 paints from scratch
 
 
-def test_an_unknown_coarse_fill_is_named():
-    with pytest.raises(ConfigError, match="model.coarse_fill"):
-        load_config(overrides=TINY + ["model.coarse_fill=telea"])
+def test_an_edge_fill_g1_reads_the_pull_push_fill_in_its_hole():
+    """With model.edge_fill, G1's grayscale hole is the fill of the known pixels: what the input
+    held there no longer matters, and the same input filled by hand gives the same edges."""
+    spec = load_config(overrides=TINY + ["model.edge_fill=pull-push"]).model
+    torch.manual_seed(0)
+    filled, plain = build_network("g1", spec), build_network("g1", load_config(overrides=TINY).model)
+    plain.load_state_dict(filled.state_dict())  # the same weights: only the input differs
+    gray, mask = torch.rand(1, 1, 32, 32), hole(32, 32, (4, 20, 6, 30))
+    edges = (torch.rand(1, 1, 32, 32) > 0.9).float() * (1 - mask)
+    white = torch.cat([gray * (1 - mask) + mask, edges, mask], dim=1)  # EdgeConnect's input
+    black = torch.cat([gray * (1 - mask), edges, mask], dim=1)
+    filled.eval(), plain.eval()
+    assert torch.equal(filled(white), filled(black))
+    by_hand = torch.cat([pull_push_fill(gray * (1 - mask), mask), edges, mask], dim=1)
+    assert torch.allclose(filled(white), plain(by_hand), atol=1e-6)
+    assert not torch.allclose(plain(white), plain(black), atol=1e-3)
+
+
+@pytest.mark.parametrize("key", ["coarse_fill", "edge_fill"])
+def test_an_unknown_coarse_fill_is_named(key):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        load_config(overrides=TINY + [f"model.{key}=telea"])
 
 
 def test_known_pixels_of_an_untrained_coarse_fill_g2_add_no_l1_gradient():

@@ -369,6 +369,9 @@ def main(argv=None) -> None:
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
 
+    # the store and the experiment exist before the recipes train side by side: processes
+    # creating one sqlite store at once race in its schema migration
+    experiment_id(client, EXPERIMENT)
     started = time.time()
     out.mkdir(parents=True)
     pool = build_data(budget, out, args.seed)

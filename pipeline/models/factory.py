@@ -26,7 +26,8 @@ def generator_spec(model_cfg: DictConfig) -> GeneratorSpec:
     return GeneratorSpec(channels=model_cfg.channels, blocks=model_cfg.blocks,
                          attention=attention, init_gain=model_cfg.init_gain,
                          hole_mask_channel=model_cfg.hole_mask_channel,
-                         upsample=model_cfg.upsample, coarse_fill=model_cfg.coarse_fill)
+                         upsample=model_cfg.upsample, coarse_fill=model_cfg.coarse_fill,
+                         edge_fill=model_cfg.edge_fill)
 
 
 def build_network(name: str, model_cfg: DictConfig) -> nn.Module:

@@ -59,6 +59,9 @@ class GeneratorSpec:
     # G2 starts from a smooth fill of the hole and learns a correction to it (TextureGenerator);
     # "none": G2 paints the zero-filled hole from scratch, as EdgeConnect's
     coarse_fill: str = "none"
+    # G1 reads the hole of its grayscale input filled the same way instead of white, so the
+    # edges of the smooth fill are there to continue; "none": EdgeConnect's white hole
+    edge_fill: str = "none"
 
     def __post_init__(self):
         if self.attention is not None and len(self.attention.dilations) != self.blocks:
@@ -100,8 +103,11 @@ class EdgeGenerator(Generator):
 
     def __init__(self, spec: GeneratorSpec):
         super().__init__(spec, in_channels=3, out_channels=1, spectral_norm=True)
+        self.fill_hole = spec.edge_fill == "pull-push"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fill_hole:
+            x = torch.cat([pull_push_fill(x[:, :1], x[:, 2:3]), x[:, 1:]], dim=1)
         return torch.sigmoid(super().forward(x))
 
 

@@ -40,9 +40,9 @@ PATTERN = re.compile(r"^checkpoint-(\d{8})$")
 GENERATORS = "generators.safetensors"
 EMA_SUFFIX = "_ema"  # g1_ema.* / g2_ema.*: the EMA copies of g1 / g2
 # model keys added after checkpoints were first written, with the value such a checkpoint was
-# trained with: EdgeConnect's 4-channel G2, transposed up-sampling, no coarse fill
+# trained with: EdgeConnect's 4-channel G2, transposed up-sampling, no coarse fill for G2 or G1
 BEFORE_THE_KEY = {"model.hole_mask_channel": False, "model.upsample": "transposed",
-                  "model.coarse_fill": "none"}
+                  "model.coarse_fill": "none", "model.edge_fill": "none"}
 
 
 class CheckpointError(RuntimeError):
