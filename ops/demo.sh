@@ -16,7 +16,9 @@ STEPS=${DEMO_STEPS:+train.steps=$DEMO_STEPS}
 # the project's recipe (configs/recipe/project.yaml) at the demo's sizes
 TRAIN="$PY pipeline/train.py configs/recipe/project.yaml configs/experiment/demo.yaml"
 $TRAIN train.stage=edge train.resume=latest $STEPS
-$TRAIN train.stage=texture train.resume=latest train.edge_checkpoint=runs/demo/edge $STEPS
+# the project's texture stage adds its texture layer (configs/recipe/project-texture.yaml)
+$TRAIN configs/recipe/project-texture.yaml train.stage=texture train.resume=latest \
+    train.edge_checkpoint=runs/demo/edge $STEPS
 $PY pipeline/evaluate.py --checkpoint runs/demo/texture --images shards/sample/test \
     --masks shards/sample/masks --out outputs/demo/eval --save-images
 # the bar to clear: every hole filled with the mean colour of its image's known pixels

@@ -22,8 +22,9 @@ photos.md, curve.png, gain.png and grid.png, and to one MLflow run with the trai
 evaluation runs nested under it.
 
 Full budget: configs/experiment/learn.yaml (64 px, a 32-channel x 4-block model, batch 4, the
-paper's), 600 edge + 1,200 texture steps per recipe; about 45 minutes of training for three
-recipes side by side on 2 cores. --tiny trains configs/experiment/tiny.yaml: a smoke run of a
+paper's), 600 edge + 1,200 texture steps per recipe; on 2 cores the three default recipes
+train side by side in about 55 minutes (the paper's VGG losses are the slow part) and the whole
+benchmark, 18 evaluations of 960 held-out pairs included, takes about 80. --tiny trains configs/experiment/tiny.yaml: a smoke run of a
 few minutes whose numbers mean nothing.
 Recipes: `paper` (configs/recipe/paper.yaml), `project` (configs/recipe/project.yaml, its
 texture stage with configs/recipe/project-texture.yaml), `project-no-dina` (the same without

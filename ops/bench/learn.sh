@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The learning benchmark from a fresh clone: set up .venv, then run ops/bench/learn.py with the
 # given arguments (default: the paper's recipe, the project's and the project's without attention
-# side by side at the full budget, about an hour on 2 cores).
+# side by side at the full budget, about 80 minutes on 2 cores).
 #   bash ops/bench/learn.sh [--tiny] [--recipe paper,project,...|both] [--out DIR] [--no-apt]
 #                           [--edge-steps N] [--texture-steps N] [--set KEY=VALUE ...]
 set -euo pipefail
