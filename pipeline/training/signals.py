@@ -44,7 +44,7 @@ class StopRequest:
         log.warning("%s received: stopping after this step with a checkpoint",
                     signal.Signals(signum).name)
         if self.waiting_for_data:
-            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
+            _arm_grace_timer()
 
     def _give_up(self, signum, frame):
         if self.waiting_for_data:
@@ -54,7 +54,7 @@ class StopRequest:
         """next(batches); after a stop signal, given at most DATA_GRACE_S."""
         self.waiting_for_data = True
         if self.signum is not None:
-            signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S)
+            _arm_grace_timer()
         try:
             return next(batches)
         finally:
@@ -65,3 +65,10 @@ class StopRequest:
 # after a stop signal, how long the loop still waits for a batch before it gives up on the
 # checkpoint and stops at once (a stuck or endlessly bad data stream must not block a stop)
 DATA_GRACE_S = 20.0
+# then the alarm repeats this often until the wait ends: a handler that runs inside a finaliser
+# (a generator's close, a __del__) has its exception swallowed, and one alarm would be lost
+GIVE_UP_REPEAT_S = 1.0
+
+
+def _arm_grace_timer() -> None:
+    signal.setitimer(signal.ITIMER_REAL, DATA_GRACE_S, GIVE_UP_REPEAT_S)
