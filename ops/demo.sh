@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults, CPU only, from a fresh clone:
-#   set up .venv -> shard the bundled sample photos -> train the edge stage -> train the texture
-#   stage on top of it -> evaluate per mask bucket -> print where to look in MLflow.
+#   set up .venv -> shard the bundled sample photos -> train the edge stage -> the texture stage
+#   (G2 on the true edges) -> the edge-texture stage (G2 goes on, on the edges G1 draws) ->
+#   evaluate per mask bucket -> print where to look in MLflow.
 # Everything lands in the working directory: shards/sample, runs/demo, mlflow.db, outputs/demo.
 #   DEMO_STEPS  optimizer steps per stage (default: configs/experiment/demo.yaml)
 # A re-run continues from runs/demo's latest checkpoints (a finished stage trains no further);
@@ -16,10 +17,12 @@ STEPS=${DEMO_STEPS:+train.steps=$DEMO_STEPS}
 # the project's recipe (configs/recipe/project.yaml) at the demo's sizes
 TRAIN="$PY pipeline/train.py configs/recipe/project.yaml configs/experiment/demo.yaml"
 $TRAIN train.stage=edge train.resume=latest $STEPS
-# the project's texture stage adds its texture layer (configs/recipe/project-texture.yaml)
-$TRAIN configs/recipe/project-texture.yaml train.stage=texture train.resume=latest \
-    train.edge_checkpoint=runs/demo/edge $STEPS
-$PY pipeline/evaluate.py --checkpoint runs/demo/texture --images shards/sample/test \
+# the project's texture stages add its texture layer (configs/recipe/project-texture.yaml)
+TEXTURE="$TRAIN configs/recipe/project-texture.yaml train.resume=latest train.edge_checkpoint=runs/demo/edge"
+$TEXTURE train.stage=texture $STEPS
+# G2 trusts the true edges it learned from; here it learns how far to trust G1's
+$TEXTURE train.stage=edge-texture train.texture_checkpoint=runs/demo/texture $STEPS
+$PY pipeline/evaluate.py --checkpoint runs/demo/edge-texture --images shards/sample/test \
     --masks shards/sample/masks --out outputs/demo/eval --save-images
 # the bar to clear: every hole filled with the mean colour of its image's known pixels
 $PY pipeline/evaluate.py --method mean --images shards/sample/test \
@@ -38,7 +41,7 @@ PY
 cat <<TXT
 
 Demo done.
-  checkpoints:  runs/demo/edge/checkpoints, runs/demo/texture/checkpoints
+  checkpoints:  runs/demo/{edge,texture,edge-texture}/checkpoints
   evaluation:   outputs/demo/eval/table.md (per mask bucket: PSNR, SSIM, L1/MAE in our protocol and EdgeConnect's; LPIPS, FID where their weights are found), outputs/demo/eval/images/
   mean fill:    outputs/demo/eval-mean/table.md (the baseline the model should beat)
   pull-push:    outputs/demo/eval-pull-push/table.md (the fill G2 starts from)

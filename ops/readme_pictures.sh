@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate the README's pictures from a finished demo (run `bash ops/demo.sh` first):
-#   ops/pictures/demo-samples.png  the texture stage's last validation grid
+#   ops/pictures/demo-samples.png  the edge-texture stage's last validation grid
 #                                  (rows: masked input | edges | output | ground truth)
 #   ops/pictures/demo-compare.png  compare.py's PSNR/SSIM-vs-hole-ratio plot: each method's
 #                                  newest evaluation (the model, the pull-push fill it starts
@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 URI="sqlite:///$PWD/mlflow.db"
-grid=$(ls runs/demo/texture/tracking/samples-*.png 2>/dev/null | sort | tail -n 1 || true)
-[ -n "$grid" ] || { echo "readme_pictures.sh: no runs/demo/texture/tracking/samples-*.png; run bash ops/demo.sh first" >&2; exit 2; }
+grid=$(ls runs/demo/edge-texture/tracking/samples-*.png 2>/dev/null | sort | tail -n 1 || true)
+[ -n "$grid" ] || { echo "readme_pictures.sh: no runs/demo/edge-texture/tracking/samples-*.png; run bash ops/demo.sh first" >&2; exit 2; }
 
 "$PY" pipeline/evaluate.py --method telea --images shards/sample/test --masks shards/sample/masks \
     --image-size 64 --out outputs/demo/telea --tracking-uri "$URI" --experiment dina-demo \

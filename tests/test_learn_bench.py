@@ -74,13 +74,14 @@ def test_a_set_that_is_not_key_value_is_refused(tmp_path):
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     out = tmp_path / "learn"
+    recipes = ("project", "project-no-dina")  # a recipe and its DiNA share
     proc = subprocess.run([sys.executable, str(LEARN), "--tiny", "--no-apt", "--out", str(out),
-                           "--tracking-uri", mlflow_server, "--set", "loss.l1_known_pixels=false"],
+                           "--tracking-uri", mlflow_server, "--recipe", ",".join(recipes),
+                           "--set", "loss.l1_known_pixels=true"],
                           capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    recipes = ("paper", "project", "project-no-dina")  # the default: both, and the DiNA share
-    variants = ("", "-true", "-none", "-start", "-raw")
-    for row in ("| PSNR | mean |", "| PSNR | telea |", "| PSNR | paper |",
+    variants = ("", "-true", "-none", "-start", "-raw", "-texture")
+    for row in ("| PSNR | mean |", "| PSNR | telea |", "| PSNR | project |",
                 "| SSIM | project |", "| PSNR | project-raw |", "| PSNR | project-start |"):
         assert row in proc.stdout
     report = json.loads((out / "learn.json").read_text())
@@ -96,7 +97,9 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
             assert math.isfinite(report["results"][method][bucket]["psnr"])
     results, gains = report["results"], report["gains"]
     for recipe in recipes:
-        assert report["trained"][recipe]["texture"]["steps"] == report["budget"]["texture_steps"]
+        for stage in ("edge", "texture", "edge-texture"):  # the paper's schedule
+            assert report["trained"][recipe][stage]["steps"] == report["budget"][
+                stage.replace("-", "_") + "_steps"]
         for bucket in BUCKETS:  # validation every 2 of 4 steps
             assert [step for step, _ in report["curves"][recipe][bucket]] == [2, 4]
         # the headline: each trained row minus the same G2 untrained, per bucket
@@ -106,6 +109,8 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
                     "psnr"])
             assert gains[recipe]["whole_model-start"][bucket] == pytest.approx(
                 results[recipe][bucket]["psnr"] - results[recipe + "-start"][bucket]["psnr"])
+            assert gains[recipe]["edge_texture-texture"][bucket] == pytest.approx(
+                results[recipe][bucket]["psnr"] - results[recipe + "-texture"][bucket]["psnr"])
         # G1's edge accuracy and its no-learning baseline, from the edge run's last validation
         edge_run = client.get_run(report["trained"][recipe]["edge"]["run_id"])
         for key in ("edge_precision", "edge_recall", "edge_f1", "pull_push_canny/edge_f1"):
@@ -113,7 +118,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
             assert report["stages"][recipe][key] == edge_run.data.metrics[f"val/{key}"]
         met = report["targets"][recipe]["D1 accuracy >= 60 % at the end"][1]
         assert isinstance(met, bool)
-    assert set(gains["project"]) > set(gains["paper"])  # the DiNA share: project has its twin
+    assert set(gains["project"]) > set(gains["project-no-dina"])  # the DiNA share: project's
     assert gains["project"]["dina-no_dina"]["overall"] == pytest.approx(
         results["project"]["overall"]["psnr"] - results["project-no-dina"]["overall"]["psnr"])
     # a coarse-fill G2 starts at the pull-push fill, bit for bit
@@ -124,36 +129,44 @@ def test_tiny_benchmark_end_to_end(tmp_path, mlflow_server):
     assert evals["learn-eval-project-raw"]["weights"] == "raw"
     assert evals["learn-eval-project"]["weights"] == "ema"
     assert evals["learn-eval-project-start"]["weights"] == "untrained"
-    assert evals["learn-eval-paper"]["weights"] == "raw"  # the paper's recipe keeps no average
-    assert [evals[f"learn-eval-paper{v}"]["edges"] for v in ("", "-true", "-none")] == [
+    assert [evals[f"learn-eval-project{v}"]["edges"] for v in ("", "-true", "-none")] == [
         "g1", "true", "none"]
+    # the whole model is the last stage's; G2 alone and the texture row the texture stage's
+    stage_dirs = {s: report["trained"]["project"][s]["output_dir"]
+                  for s in ("texture", "edge-texture")}
+    assert evals["learn-eval-project"]["checkpoint"].startswith(stage_dirs["edge-texture"])
+    for variant in ("-true", "-none", "-start", "-texture"):
+        assert evals[f"learn-eval-project{variant}"]["checkpoint"].startswith(
+            stage_dirs["texture"])
     # the mean-fill baseline is what the pipeline's own evaluation scores it at
     mean = json.loads((out / "eval" / "mean" / "metrics.json").read_text())
     assert report["results"]["mean"] == mean
     for picture in ("curve.png", "gain.png", "grid.png"):
         assert (out / picture).stat().st_size > 0
     # per held-out photo: every photo that gave crops, every method, over all its pairs
-    pairs = json.loads((out / "eval" / "paper" / "pairs.json").read_text())
+    pairs = json.loads((out / "eval" / "project" / "pairs.json").read_text())
     assert set(report["photos"]) == {p["image_key"].rsplit("_", 2)[0] for p in pairs}
     assert set(report["photos"]) <= set(pool["test_photos"])
     one = next(iter(report["photos"]))
     ours = [min(p["psnr"], 60) for p in pairs if p["image_key"].rsplit("_", 2)[0] == one]
-    assert report["photos"][one]["paper"] == pytest.approx(np.mean(ours))
+    assert report["photos"][one]["project"] == pytest.approx(np.mean(ours))
     assert "held-out photos" in (out / "photos.md").read_text()
 
     bench_id = proc.stdout.strip().splitlines()[-1].split("MLflow run ")[1].split()[0]
     bench = client.get_run(bench_id)
-    assert bench.data.metrics["paper/psnr/30-40"] == report["results"]["paper"]["30-40"]["psnr"]
+    assert bench.data.metrics["project/psnr/30-40"] == report["results"]["project"]["30-40"][
+        "psnr"]
     assert bench.data.metrics["gain/project/true_edges-start/overall"] == pytest.approx(
         gains["project"]["true_edges-start"]["overall"])
     assert {a.path for a in client.list_artifacts(bench_id)} >= {
         "learn.json", "table.md", "photos.md", "curve.png", "gain.png", "grid.png"}
-    texture_run = client.get_run(report["trained"]["paper"]["texture"]["run_id"])
-    assert texture_run.data.tags["mlflow.parentRunId"] == bench_id
-    assert texture_run.data.params["loss.l1_known_pixels"] == "False"  # --set reached training
-    # the project's texture stage trains with its texture layer on top of the project's recipe
-    project_texture = client.get_run(report["trained"]["project"]["texture"]["run_id"])
-    assert project_texture.data.params["loss.style"] == "0.0"
+    # the project's texture stages train with its texture layer on top of the project's recipe,
+    # and --set comes last, over both
+    for stage in ("texture", "edge-texture"):
+        run = client.get_run(report["trained"]["project"][stage]["run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == bench_id
+        assert run.data.params["loss.style"] == "0.0"
+        assert run.data.params["loss.l1_known_pixels"] == "True"
 
 
 def test_an_unknown_recipe_is_refused(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.images import ImageError
 from pipeline.data.masks import (BUCKETS, bucket_name, bucket_of, decode_mask, encode_mask,
                                  generate_mask, hole_ratio, load_mask)
 from tests.helpers.data_files import read_index, run_shard, write_masks
@@ -114,3 +115,17 @@ def test_masks_stored_as_0_1_values_are_binary_masks(tmp_path):
     run_shard("masks", tmp_path / "zero_one.png", "--out", tmp_path / "out", "--size", 32)
     index = read_index(tmp_path / "out")
     assert index["samples"] == 1 and index["skipped"] == [] and index["buckets"]["20-30"] == 1
+
+
+def test_a_coloured_picture_is_not_a_mask(tmp_path):
+    """A plot (white ground, a few coloured lines) is nearly black and white once grey; its colour
+    gives it away. A mask saved as a noisy RGB JPEG keeps its channels close and still loads."""
+    plot = np.full((64, 64, 3), 255, np.uint8)
+    plot[20:24, :] = (31, 119, 180)  # a blue line over 6 % of the pixels
+    Image.fromarray(plot).save(tmp_path / "plot.png")
+    with pytest.raises(ImageError, match="not a mask: 6.2 % of its pixels are coloured"):
+        load_mask(tmp_path / "plot.png", 32)
+    mask = np.zeros((64, 64, 3), np.uint8)
+    mask[:, :32] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.jpg", quality=60)
+    assert hole_ratio(load_mask(tmp_path / "mask.jpg", 64)) == 0.5

@@ -7,7 +7,8 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data.eval_pairs import eval_loader, eval_pairs
-from pipeline.evaluation.inference import known_region_edges, load_model, model_fill
+from pipeline.evaluation.inference import (known_region_edges, load_generators, load_model,
+                                         model_fill)
 from pipeline.models.contract import complete_edges
 from pipeline.training.assemble import build_networks, initial_networks
 from tests.helpers import TINY, assert_refused, run_cli
@@ -89,3 +90,25 @@ def test_edges_and_untrained_are_refused_for_a_baseline(tmp_path, sample_shards)
                        "--out", str(tmp_path / "out"), "--no-mlflow")
         assert_refused(proc, flags[0])
         assert not (tmp_path / "out").exists()
+
+
+def test_edge_texture_goes_on_from_the_texture_run(tmp_path):
+    """The project's schedule: edge-texture with train.texture_checkpoint starts G2 from the
+    weights the texture stage trained (raw, not its average, as a resume would), and takes G1
+    as inference uses it (its EMA)."""
+    edge = make_checkpoint(tmp_path / "edge", stage="edge", generators=("g1",), seed=1,
+                           ema_seed=2)
+    texture = make_checkpoint(tmp_path / "texture", stage="texture", generators=("g2",), seed=3,
+                              ema_seed=4)
+    cfg = load_config([TINY], ["train.stage=edge-texture", f"train.edge_checkpoint={edge}",
+                               f"train.texture_checkpoint={texture}"])
+    nets = build_networks(cfg)
+    g1_ema = load_generators(edge)[1]  # the EMA, as evaluation picks it
+    g2_raw = load_generators(texture, raw_weights=True)[2]
+    for built, saved in ((nets["g1"], g1_ema), (nets["g2"], g2_raw)):
+        for a, b in zip(built.state_dict().values(), saved.state_dict().values()):
+            assert torch.equal(a, b)
+    assert not torch.equal(nets["g2"].head.weight, load_generators(texture)[2].head.weight)
+    fresh = build_networks(load_config([TINY], ["train.stage=edge-texture",
+                                                f"train.edge_checkpoint={edge}"]))
+    assert not torch.equal(fresh["g2"].head.weight, nets["g2"].head.weight)  # afresh without it

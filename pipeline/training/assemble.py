@@ -27,12 +27,17 @@ class SetupError(RuntimeError):
     """Something to fix before training can start; the message says what."""
 
 
+def checkpoint_sources(cfg: DictConfig) -> dict[str, str]:
+    """Generator -> the checkpoint it is loaded from, for each whose checkpoint key is set."""
+    sources = {g: OmegaConf.select(cfg, key) for g, key in CHECKPOINT_KEY.items()}
+    return {g: source for g, source in sources.items() if source}
+
+
 def initial_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
     """The stage's networks freshly initialised from train.seed: identical on every rank, and
     rebuilt by evaluation as the untrained start of a trained run."""
-    sources = {g for g, key in CHECKPOINT_KEY.items() if OmegaConf.select(cfg, key)}
     set_seed(cfg.train.seed)
-    wanted = STAGES[cfg.train.stage].networks(sources)
+    wanted = STAGES[cfg.train.stage].networks(set(checkpoint_sources(cfg)))
     return {name: build_network(name, cfg.model) for name in NETWORKS if name in wanted}
 
 
@@ -40,11 +45,10 @@ def build_networks(cfg: DictConfig) -> dict[str, torch.nn.Module]:
     """The stage's networks; a generator whose checkpoint key is set is loaded from it: the
     weights that were trained when this stage trains it further, its EMA (where saved) when it
     is only used or carried, as inference would use it."""
-    sources = {g: OmegaConf.select(cfg, key) for g, key in CHECKPOINT_KEY.items()}
     stage = STAGES[cfg.train.stage]
     nets = initial_networks(cfg)
-    for name, source in sources.items():
-        if source and name in nets:
+    for name, source in checkpoint_sources(cfg).items():
+        if name in nets:
             try:
                 path = checkpoint.resolve(source)
                 checkpoint.load_generator_weights(path, name, nets[name],
