@@ -82,6 +82,7 @@ RECIPES = {
 }
 DEFAULT_RECIPES = "paper,project,project-no-dina"
 BASELINES = ("mean", "telea", "pull-push")
+SCHEDULE = ("edge", "texture", "edge-texture")  # the paper's stages, in the order they train
 # how each recipe is scored: suffix -> (the stage whose checkpoint, pipeline/evaluate.py's flags).
 # The whole model is the last stage's, on G1's edges (also with its raw weights beside the EMA,
 # and as the texture stage left it); G2 alone is the texture stage's, which trained it on the
@@ -111,6 +112,14 @@ class Budget:
     eval_per_bucket: int | None  # final evaluation: None scores every held-out crop per bucket
     sources: tuple[str, ...]
     preset: str  # the model and data config file, every recipe
+
+    def steps(self, stage: str) -> int:
+        return getattr(self, steps_key(stage))
+
+
+def steps_key(stage: str) -> str:
+    """The Budget field (and learn.py option) that holds a stage's steps."""
+    return stage.replace("-", "_") + "_steps"
 
 
 BUDGETS = {
@@ -182,7 +191,7 @@ def train_recipe(recipe: str, budget: Budget, out: Path, uri: str, seed: int,
     each run's output dir and MLflow id.
     `overrides` (the user's --set) come last, so they win over the budget's and the recipe's."""
     shards, runs, spec = out / "shards", out / "runs" / recipe, RECIPES[recipe]
-    stage_steps = (budget.edge_steps, budget.texture_steps, budget.edge_texture_steps)
+    stage_steps = [budget.steps(stage) for stage in SCHEDULE]
     common = [budget.preset, f"data.train={shards / 'train'}", f"data.val={shards / 'test'}",
               f"data.masks={shards / 'masks'}", f"data.val_masks={shards / 'test_masks'}",
               f"data.image_size={budget.size}", f"data.val_per_bucket={budget.val_per_bucket}",
@@ -193,13 +202,12 @@ def train_recipe(recipe: str, budget: Budget, out: Path, uri: str, seed: int,
     result = {}
     edge = f"train.edge_checkpoint={runs / 'edge'}"
     texture = f"train.texture_checkpoint={runs / 'texture'}"
-    for stage, steps, extra in (("edge", budget.edge_steps, []),
-                                ("texture", budget.texture_steps, [*spec.texture, edge]),
-                                ("edge-texture", budget.edge_texture_steps,
-                                 [*spec.texture, edge, texture])):
+    extra = {"edge": [], "texture": [*spec.texture, edge],
+             "edge-texture": [*spec.texture, edge, texture]}
+    for stage in SCHEDULE:
         start = time.perf_counter()
-        run(["pipeline/train.py", *common, *extra, *overrides, f"train.stage={stage}",
-             f"train.steps={steps}", f"train.output_dir={runs / stage}",
+        run(["pipeline/train.py", *common, *extra[stage], *overrides, f"train.stage={stage}",
+             f"train.steps={budget.steps(stage)}", f"train.output_dir={runs / stage}",
              f"tracking.run_name=learn-{recipe}-{stage}"], f"train {recipe} {stage}", threads)
         meta = verify(resolve(runs / stage))
         result[stage] = {"output_dir": str(runs / stage), "run_id": meta.get("mlflow_run_id"),
@@ -345,10 +353,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/learn", help="output folder (must not exist)")
     p.add_argument("--tiny", action="store_true", help="smoke-test budget (a couple of minutes)")
     p.add_argument("--no-apt", action="store_true", help="leave the Debian wallpapers out")
-    p.add_argument("--edge-steps", type=positive, help="override the budget's edge steps")
-    p.add_argument("--texture-steps", type=positive, help="override the budget's texture steps")
-    p.add_argument("--edge-texture-steps", type=positive,
-                   help="override the budget's edge-texture steps")
+    for stage in SCHEDULE:  # dest: steps_key(stage)
+        p.add_argument(f"--{stage}-steps", type=positive,
+                       help=f"override the budget's {stage} steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="a config override for every recipe's training, e.g. "
                         "model.hole_mask_channel=false (repeatable): for ablations")
@@ -360,7 +367,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def chosen_budget(args: argparse.Namespace) -> Budget:
     budget = BUDGETS["tiny" if args.tiny else "full"]
-    for key in ("edge_steps", "texture_steps", "edge_texture_steps"):
+    for key in map(steps_key, SCHEDULE):
         if getattr(args, key) is not None:
             setattr(budget, key, getattr(args, key))
     if args.no_apt:
